@@ -1,0 +1,22 @@
+"""Hermes: Erlang/OTP-style actors and a Phoenix.PubSub-style distributed pubsub.
+
+Everything a program needs is importable from here; process groups live in
+``hermes.pg`` and the registry in ``hermes.registry``.
+"""
+from __future__ import annotations
+
+from ._app import run
+from ._errors import ActorExited, HermesError, NotInActor, RemoteError, SerializationError
+from .runtime import (NOREPLY, Actor, Down, Exit, NodeDown, NodeUp, Pid, Ref, Supervisor, call, cast,
+                      connect, demonitor, disconnect, exit, link, monitor, monitor_node, node, nodes,
+                      receive, register, reply, rpc, self, send, spawn, trap_exits, unlink, unregister,
+                      whereis)
+
+__all__ = [
+    "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NodeDown", "NodeUp", "NotInActor",
+    "Pid", "Ref", "RemoteError", "SerializationError", "Supervisor", "call", "cast", "connect",
+    "demonitor", "disconnect", "exit", "link", "monitor", "monitor_node", "node", "nodes", "receive",
+    "register", "reply", "rpc", "run", "self", "send", "spawn", "trap_exits", "unlink", "unregister",
+    "whereis",
+]
+__version__ = "0.1.0"

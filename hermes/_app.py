@@ -1,0 +1,122 @@
+"""``run``: start a node in this process, with every layer it carries.
+
+This is the one module that knows all the layers, top to bottom: it creates
+the runtime ``Node``, starts distribution, the default Registry, the pg scope
+and the default PubSub, spawns ``main``, and tears everything down in reverse.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import threading
+from typing import Any, Callable
+
+from .runtime import _node as _nodemod
+from .runtime._node import Node, default_host
+
+log = logging.getLogger("hermes")
+
+
+def full_name(name: str) -> str:
+    """``"alice"`` -> ``"alice@HOST"`` (short host name), as ``--sname`` does."""
+    if not name or name.startswith("@"):
+        raise ValueError(f"invalid node name {name!r}")
+    return name if "@" in name else f"{name}@{default_host()}"
+
+
+def run(main: Callable[..., Any] | None = None, *args: Any, name: str, cookie: str | bytes | None = None,
+        cluster: str | None = None, host: str = "127.0.0.1", port: int = 0, **options: Any) -> Any:
+    """Run a node in this process until ``main`` ends (or forever without one).
+
+    Returns what ``main`` returned, or raises what it raised."""
+    return asyncio.run(run_async(main, *args, name=name, cookie=cookie, cluster=cluster,
+                                 host=host, port=port, **options))
+
+
+async def run_async(main: Callable[..., Any] | None = None, *args: Any, name: str,
+                    cookie: str | bytes | None = None, cluster: str | None = None,
+                    host: str = "127.0.0.1", port: int = 0, ready: Callable[[Node], Any] | None = None,
+                    **options: Any) -> Any:
+    if _nodemod._node is not None:
+        raise RuntimeError("a Hermes node is already running in this process")
+    loop = asyncio.get_running_loop()
+    node = Node(full_name(name), loop, creation=secrets.randbits(31) or 1)
+    _nodemod.set_node(node)
+    stop = asyncio.Event()
+    _install_signal_handlers(loop, stop)
+    services: list[Any] = []
+    try:
+        for start in _layers():
+            service = await start(node, cookie=cookie, cluster=cluster, host=host, port=port, **options)
+            if service is not None:
+                services.append(service)
+        if ready is not None:
+            ready(node)
+        return await _run_main(node, main, args, stop)
+    finally:
+        _remove_signal_handlers(loop)
+        await node.shutdown()
+        for service in reversed(services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("error while stopping %r", service)
+        _nodemod.set_node(None)
+
+
+async def _run_main(node: Node, main: Callable[..., Any] | None, args: tuple[Any, ...],
+                    stop: asyncio.Event) -> Any:
+    stopped = asyncio.ensure_future(stop.wait())
+    if main is None:
+        await stopped
+        return None
+    pid = node.spawn(main, args, {}, parent=None, link=False)
+    proc = node.procs.get(pid)
+    if proc is None:  # died in __init__ already
+        raise RuntimeError(f"main actor {pid} failed to start")
+    done = node.done_future(proc)
+    await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not done.done():
+        return None  # interrupted: SIGINT/SIGTERM
+    reason = done.result()
+    if isinstance(reason, BaseException):
+        raise reason
+    return getattr(proc, "result", None)
+
+
+def _layers() -> list[Callable[..., Any]]:
+    """The start functions of the layers above the runtime, bottom up."""
+    starters: list[Callable[..., Any]] = []
+    for module, attr in (("hermes.dist._manager", "start"), ("hermes.registry", "start_default"),
+                         ("hermes.pg._scope", "start"), ("hermes.pubsub", "start_default")):
+        try:
+            mod = __import__(module, fromlist=[attr])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        starters.append(getattr(mod, attr))
+    return starters
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
+def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.remove_signal_handler(sig)
+        except (NotImplementedError, RuntimeError):
+            pass

@@ -1,0 +1,331 @@
+"""The actor API: the functions of the public contract that act on actors.
+
+Each function finds the node of this process and the calling actor, then
+asks the node to route the message or signal. ``send`` is the hot path: a
+type check, a dict lookup and a deque append.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Callable
+
+from .._errors import ActorExited, HermesError, NotInActor
+from . import _node as _nodemod
+from ._actor import Call, Cast
+from ._messages import Down
+from ._pid import Pid, Ref
+from ._process import Process, current
+
+
+def _caller(what: str) -> Process:
+    proc = current.get()
+    if proc is None:
+        raise NotInActor(f"{what}() must be called from inside an actor")
+    return proc
+
+
+# -- identity ---------------------------------------------------------------
+
+def self() -> Pid:  # noqa: A001 - the contract's name, as Erlang's self()
+    """The calling actor's pid."""
+    return _caller("self").pid
+
+
+def node() -> str:
+    """This node's name, ``"NAME@HOST"``."""
+    return _nodemod.get().name
+
+
+def nodes() -> list[str]:
+    """Names of the connected nodes, without this one."""
+    dist = _nodemod.get().dist
+    return dist.nodes() if dist is not None else []
+
+
+async def connect(name: str) -> bool:
+    """Connect to node ``name``: ``True``, or ``False`` if unreachable or refused."""
+    node_ = _nodemod.get()
+    if name == node_.name:
+        return True
+    if node_.dist is None:
+        return False
+    return await node_.dist.connect(name)  # type: ignore[attr-defined,no-any-return]
+
+
+def disconnect(name: str) -> bool:
+    """Drop the connection to ``name``; ``True`` if there was one."""
+    dist = _nodemod.get().dist
+    return bool(dist is not None and dist.disconnect(name))  # type: ignore[attr-defined]
+
+
+def monitor_node(name: str, flag: bool = True) -> None:
+    """The caller receives ``NodeDown(name)`` when the connection to ``name`` goes."""
+    proc = _caller("monitor_node")
+    proc.node.monitor_node(proc.pid, name, flag)
+
+
+# -- spawning and messages --------------------------------------------------
+
+def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, **kwargs: Any) -> Pid:
+    """Start an actor running ``target`` (an ``Actor`` subclass or an async function)."""
+    node_ = _nodemod.get()
+    parent = current.get()
+    if link and parent is None:
+        raise NotInActor("spawn(..., link=True) must be called from inside an actor")
+    if node is None or node == node_.name:
+        return node_.spawn(target, args, kwargs, parent=parent, link=link)
+    if node_.dist is None:
+        raise HermesError(f"cannot spawn on {node}: this node is not distributed")
+    return node_.dist.spawn(node, target, args, kwargs, parent=parent, link=link)  # type: ignore[attr-defined,no-any-return]
+
+
+def send(dest: Any, msg: Any) -> None:
+    """Send ``msg`` to a pid, a registered name, or ``(name, node)``. Never raises
+    for a dead or unknown destination; ``SerializationError`` if it must cross
+    nodes and cannot be pickled."""
+    node_ = _nodemod._node
+    if node_ is None:
+        _nodemod.get()
+    node_.send(dest, msg)  # type: ignore[union-attr]
+
+
+async def receive(match: Callable[[Any], bool] | None = None, timeout: float | None = None) -> Any:
+    """The next message, or the first for which ``match(msg)`` is true; the
+    others stay queued in order. ``TimeoutError`` after ``timeout`` seconds."""
+    proc = _caller("receive")
+    mailbox = proc.mailbox
+    if match is None and mailbox:
+        return mailbox.popleft()
+    loop = proc.node.loop
+    expired = False
+    timer = None
+    checked = 0  # messages already tried against match: never tried twice
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        waiter = proc.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    try:
+        while True:
+            if match is None:
+                if mailbox:
+                    return mailbox.popleft()
+            else:
+                for index, msg in enumerate(itertools.islice(mailbox, checked, None), checked):
+                    if match(msg):
+                        del mailbox[index]
+                        return msg
+                checked = len(mailbox)
+            if expired or (timeout is not None and timeout <= 0):
+                raise TimeoutError(f"receive timed out after {timeout}s")
+            if timeout is not None and timer is None:
+                timer = loop.call_later(timeout, expire)
+            waiter = proc.waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                proc.waiter = None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
+    """Send ``request`` to an ``Actor``'s ``handle_call`` and wait for the reply.
+
+    ``TimeoutError`` after ``timeout`` seconds; ``ActorExited`` if the callee is
+    dead or dies before replying."""
+    node_ = _nodemod.get()
+    pid = node_.resolve(dest)
+    if pid is None:
+        raise ActorExited(dest, "noproc")
+    caller = current.get()
+    ref = node_.make_ref()
+    loop = node_.loop
+    fut: asyncio.Future[Any] = loop.create_future()
+    proc = node_.procs.get(pid)
+    node_.pending[ref] = fut
+    try:
+        if proc is not None:
+            proc.signal_monitor(None, ref)  # a Down for ref fails fut (see Node.route_down)
+            proc.deliver(Call(request, caller.pid if caller else None, ref))
+        elif node_.is_local(pid):
+            raise ActorExited(pid, "noproc")
+        else:
+            _call_remote(node_, pid, request, caller, ref)
+        timer = loop.call_later(timeout, _expire_call, fut, timeout) if timeout is not None else None
+        try:
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+    finally:
+        del node_.pending[ref]
+        if proc is not None:
+            proc.signal_demonitor(ref)
+        elif node_.pending_remote.pop(ref, None) is not None:
+            node_.route_demonitor(pid, ref)
+
+
+def _call_remote(node_: _nodemod.Node, pid: Pid, request: Any, caller: Process | None, ref: Ref) -> None:
+    if not node_._connected(pid):
+        raise ActorExited(pid, "noconnection")
+    node_.dist.send(pid, Call(request, caller.pid if caller else None, ref))  # type: ignore[union-attr]
+    node_.pending_remote[ref] = pid
+    node_.route_monitor(pid, None, ref)
+
+
+def _expire_call(fut: asyncio.Future[Any], timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError(f"call timed out after {timeout}s"))
+
+
+def cast(dest: Any, msg: Any) -> None:
+    """Fire-and-forget to an ``Actor``'s ``handle_cast``."""
+    send(dest, Cast(msg))
+
+
+def reply(ref: Ref, value: Any) -> None:
+    """Answer a call later (after ``handle_call`` returned ``NOREPLY``)."""
+    _nodemod.get().reply(ref, value)
+
+
+# -- links, monitors, exits -------------------------------------------------
+
+def link(pid: Pid) -> None:
+    """Link the caller and ``pid``: when one exits abnormally, so does the other."""
+    proc = _caller("link")
+    if pid == proc.pid or (proc.links is not None and pid in proc.links):
+        return
+    proc.node.link_pair(proc, pid)
+
+
+def unlink(pid: Pid) -> None:
+    proc = _caller("unlink")
+    if proc.links is not None and pid in proc.links:
+        proc.links.discard(pid)
+        proc.node.route_unlink(pid, proc.pid)
+
+
+def trap_exits(flag: bool = True) -> bool:
+    """Receive ``Exit(pid, reason)`` messages instead of dying; returns the old flag."""
+    proc = _caller("trap_exits")
+    old, proc.trap_exit = proc.trap_exit, bool(flag)
+    return old
+
+
+def monitor(target: Any) -> Ref:
+    """The caller receives ``Down(ref, pid, reason)`` when ``target`` exits."""
+    proc = _caller("monitor")
+    node_ = proc.node
+    pid = node_.resolve(target)
+    ref = node_.make_ref()
+    if pid is None:
+        proc.deliver(Down(ref, target, "noproc"))
+        return ref
+    if proc.watching is None:
+        proc.watching = {}
+    proc.watching[ref] = pid
+    node_.route_monitor(pid, proc.pid, ref)
+    return ref
+
+
+def demonitor(ref: Ref, flush: bool = False) -> bool:
+    """Stop monitoring; with ``flush``, also drop a ``Down`` for ``ref`` already queued."""
+    proc = _caller("demonitor")
+    target = proc.watching.pop(ref, None) if proc.watching else None
+    if target is not None:
+        proc.node.route_demonitor(target, ref)
+    if flush:
+        for msg in list(proc.mailbox):
+            if type(msg) is Down and msg.ref == ref:
+                proc.mailbox.remove(msg)
+    return target is not None
+
+
+def exit(pid: Pid, reason: Any) -> None:  # noqa: A001 - Erlang's exit/2
+    """Send an exit signal to ``pid``. ``"kill"`` cannot be trapped."""
+    node_ = _nodemod.get()
+    caller = current.get()
+    target = node_.resolve(pid)
+    if target is not None:
+        node_.route_exit(target, caller.pid if caller else None, reason)
+
+
+# -- registered names -------------------------------------------------------
+
+def register(name: str, pid: Pid | None = None) -> bool:
+    """Register ``pid`` (default: the caller) under the unique local ``name``."""
+    node_ = _nodemod.get()
+    if pid is None:
+        pid = _caller("register").pid
+    if not isinstance(name, str):
+        raise TypeError(f"names are strings, not {type(name).__name__}")
+    proc = node_.procs.get(pid)
+    if proc is None:
+        raise ValueError(f"cannot register {name!r}: {pid} is not a live local actor")
+    if name in node_.names:
+        raise ValueError(f"name {name!r} is already registered to {node_.names[name]}")
+    if proc.name is not None:
+        raise ValueError(f"{pid} is already registered as {proc.name!r}")
+    node_.names[name] = pid
+    proc.name = name
+    return True
+
+
+def whereis(name: str) -> Pid | None:
+    return _nodemod.get().names.get(name)
+
+
+def unregister(name: str) -> bool:
+    node_ = _nodemod.get()
+    pid = node_.names.pop(name, None)
+    if pid is None:
+        return False
+    proc = node_.procs.get(pid)
+    if proc is not None:
+        proc.name = None
+    return True
+
+
+# -- remote procedure call --------------------------------------------------
+
+async def rpc(node: str, fn: Callable[..., Any], *args: Any, timeout: float | None = 5.0, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` as a temporary actor on ``node``; return its
+    result or raise its exception."""
+    node_ = _nodemod.get()
+    ref = node_.make_ref()
+    fut: asyncio.Future[Any] = node_.loop.create_future()
+    node_.pending[ref] = fut
+    try:
+        if node == node_.name:
+            node_.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
+        else:
+            if node_.dist is None or not await node_.dist.ensure_connected(node):  # type: ignore[attr-defined]
+                raise HermesError(f"rpc: node {node} is not reachable")
+            node_.pending_remote[ref] = node
+            node_.dist.send_signal(node, ("rpc", ref, fn, args, kwargs))
+        kind, value = await asyncio.wait_for(fut, timeout)
+    finally:
+        node_.pending.pop(ref, None)
+        node_.pending_remote.pop(ref, None)
+    if kind == "error":
+        raise value
+    return value
+
+
+async def rpc_body(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ref: Ref) -> None:
+    """The temporary actor of an ``rpc``: runs ``fn`` and replies to ``ref``."""
+    node_ = _nodemod.get()
+    try:
+        result = fn(*args, **kwargs)
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+    except Exception as exc:
+        node_.reply(ref, ("error", exc))
+        return
+    node_.reply(ref, ("ok", result))

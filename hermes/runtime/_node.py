@@ -1,0 +1,350 @@
+"""The node: one per OS process, owning the process table and routing signals.
+
+The node knows every local process by pid and every registered name. All
+signals between actors (exit, link, unlink, monitor, demonitor, down, call
+replies) go through the ``route_*`` methods here: local ones are applied from
+their own ``call_soon`` callback, remote ones are handed to ``self.dist``
+(set by the distribution layer; ``None`` on a node that never listened).
+
+It must not know pubsub, registries or process groups: those are actors and
+services built on top of it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from .._errors import ActorExited, HermesError, NoNode
+from ._messages import Down, NodeDown
+from ._pid import Pid, Ref
+from ._process import RUNNING, ActorProcess, Process, TaskProcess, current
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+
+log = logging.getLogger("hermes.runtime")
+
+
+class Distribution(Protocol):
+    """What the node needs from the distribution layer (``hermes.dist``)."""
+
+    def send(self, pid: Pid, msg: Any) -> None: ...
+    def send_signal(self, node: str, signal: tuple[Any, ...]) -> None: ...
+    def connected(self, node: str) -> bool: ...
+    def peer_creation(self, node: str) -> int | None: ...
+    def nodes(self) -> list[str]: ...
+
+
+class Node:
+    """The runtime of this OS process: process table, names, refs, routing."""
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, creation: int) -> None:
+        self.name = name
+        self.creation = creation
+        self.loop = loop
+        self.procs: dict[Pid, Process] = {}
+        self.names: dict[str, Pid] = {}
+        self.pending: dict[Ref, asyncio.Future[Any]] = {}  # call/rpc ref -> reply future
+        self.pending_remote: dict[Ref, Pid | str] = {}  # ref -> remote callee pid, or rpc node
+        self.node_watchers: dict[str, dict[Pid, int]] = {}
+        self.dist: Distribution | None = None
+        self.stopping = False
+        self.drain_ctx = contextvars.Context()  # shared by every drain: they never nest
+        self.exit_hooks: list[Callable[[Process], None]] = []
+        self._pid_ids = itertools.count(1)
+        self._ref_ids = itertools.count(1)
+
+    # -- identities -----------------------------------------------------------
+
+    def new_pid(self) -> Pid:
+        return Pid(self.name, self.creation, next(self._pid_ids))
+
+    def make_ref(self) -> Ref:
+        return Ref(self.name, self.creation, next(self._ref_ids))
+
+    def is_local(self, pid: Pid) -> bool:
+        return pid[0] == self.name and pid[1] == self.creation
+
+    # -- spawning -------------------------------------------------------------
+
+    def spawn(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+              parent: Process | None, link: bool, pid: Pid | None = None) -> Pid:
+        from ._actor import Actor  # noqa: F811 - import cycle: _actor needs the node
+
+        if pid is None:
+            pid = self.new_pid()
+        parent_pid = parent.pid if parent is not None else None
+        if isinstance(target, type) and issubclass(target, Actor):
+            proc: Process = ActorProcess(self, pid, parent_pid)
+        elif callable(target):
+            proc = TaskProcess(self, pid, parent_pid, target)
+        else:
+            raise TypeError(f"spawn target must be an Actor subclass or an async function, not {target!r}")
+        self.procs[pid] = proc
+        if link and parent is not None:
+            self.link_pair(parent, pid)
+        if isinstance(proc, ActorProcess):
+            self._init_actor(proc, target, args, kwargs)
+        else:
+            proc.start(args, kwargs)  # type: ignore[union-attr]
+        return pid
+
+    def _init_actor(self, proc: ActorProcess, cls: type[Actor], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> None:
+        actor = cls.__new__(cls)
+        actor._hermes_proc = proc
+        token = current.set(proc)
+        try:
+            actor.__init__(*args, **kwargs)
+        except Exception as exc:
+            proc.crashed(exc, "__init__")  # no terminate: the actor never started
+            return
+        finally:
+            current.reset(token)
+        if proc.state == RUNNING:
+            proc.actor = actor
+            proc.started()
+
+    def link_pair(self, proc: Process, other: Pid) -> None:
+        if proc.links is None:
+            proc.links = set()
+        proc.links.add(other)
+        target = self.procs.get(other)
+        if target is not None:
+            target.signal_link(proc.pid)
+        else:
+            self.route_link(other, proc.pid)
+
+    # -- the process table ----------------------------------------------------
+
+    def unregister_process(self, proc: Process) -> None:
+        self.procs.pop(proc.pid, None)
+        if proc.name is not None:
+            self.names.pop(proc.name, None)
+            proc.name = None
+        for hook in self.exit_hooks:
+            hook(proc)
+
+    def resolve(self, dest: Any) -> Pid | None:
+        """A pid, a registered name, or ``(name, node)`` -> pid (local names only)."""
+        if type(dest) is Pid:
+            return dest
+        if isinstance(dest, str):
+            return self.names.get(dest)
+        if isinstance(dest, tuple) and len(dest) == 2 and dest[1] == self.name:
+            return self.names.get(dest[0])
+        raise TypeError(f"not an actor address: {dest!r}")
+
+    # -- routing: messages ----------------------------------------------------
+
+    def send(self, dest: Any, msg: Any) -> None:
+        if type(dest) is Pid:
+            proc = self.procs.get(dest)
+            if proc is not None:
+                proc.deliver(msg)
+            elif dest[0] != self.name and self.dist is not None:
+                self.dist.send(dest, msg)
+            return
+        if isinstance(dest, str):
+            pid = self.names.get(dest)
+            if pid is not None:
+                self.procs[pid].deliver(msg)
+            return
+        if isinstance(dest, tuple) and len(dest) == 2 and isinstance(dest[0], str):
+            name, node = dest
+            if node == self.name:
+                self.send(name, msg)
+            elif self.dist is not None:
+                self.dist.send_signal(node, ("send_name", name, msg))
+            return
+        raise TypeError(f"not an actor address: {dest!r}")
+
+    def reply(self, ref: Ref, value: Any) -> None:
+        if ref[0] == self.name:
+            fut = self.pending.get(ref)
+            if fut is not None and not fut.done():
+                fut.set_result(value)
+        elif self.dist is not None:
+            self.dist.send_signal(ref[0], ("reply", ref, value))
+
+    def fail_pending(self, ref: Ref, exc: BaseException) -> None:
+        fut = self.pending.get(ref)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    # -- routing: signals -----------------------------------------------------
+
+    def route_exit(self, dest: Pid, sender: Pid | None, reason: Any) -> None:
+        proc = self.procs.get(dest)
+        if proc is not None:
+            self.loop.call_soon(proc.signal_exit, sender, reason)
+        elif not self.is_local(dest):
+            self._remote(dest, ("exit", dest, sender, reason))
+
+    def route_unlink_and_exit(self, dest: Pid, sender: Pid, reason: Any) -> None:
+        proc = self.procs.get(dest)
+        if proc is not None:
+            self.loop.call_soon(_unlink_then_exit, proc, sender, reason)
+        elif not self.is_local(dest):
+            self._remote(dest, ("link_exit", dest, sender, reason))
+
+    def route_link(self, dest: Pid, sender: Pid) -> None:
+        proc = self.procs.get(dest)
+        if proc is not None:
+            proc.signal_link(sender)
+        elif self.is_local(dest) or not self._connected(dest):
+            self.route_exit(sender, dest, "noproc" if self.is_local(dest) else "noconnection")
+        else:
+            self._remote(dest, ("link", dest, sender))
+
+    def route_unlink(self, dest: Pid, sender: Pid) -> None:
+        proc = self.procs.get(dest)
+        if proc is not None:
+            proc.signal_unlink(sender)
+        elif not self.is_local(dest):
+            self._remote(dest, ("unlink", dest, sender))
+
+    def route_monitor(self, dest: Pid, watcher: Pid | None, ref: Ref) -> None:
+        proc = self.procs.get(dest)
+        if proc is not None:
+            proc.signal_monitor(watcher, ref)
+        elif self.is_local(dest):
+            self.route_down(watcher, ref, dest, "noproc")
+        elif not self._connected(dest):
+            self.route_down(watcher, ref, dest, "noconnection")
+        else:
+            self._remote(dest, ("monitor", dest, watcher, ref))
+
+    def route_demonitor(self, dest: Pid, ref: Ref) -> None:
+        proc = self.procs.get(dest)
+        if proc is not None:
+            proc.signal_demonitor(ref)
+        elif not self.is_local(dest):
+            self._remote(dest, ("demonitor", dest, ref))
+
+    def route_down(self, watcher: Pid | None, ref: Ref, pid: Pid, reason: Any) -> None:
+        """Tell ``watcher`` that ``pid`` is gone: a pending call, or a Down message."""
+        if ref[0] == self.name and ref in self.pending:
+            self.fail_pending(ref, ActorExited(pid, reason))
+            return
+        if watcher is None:
+            return
+        proc = self.procs.get(watcher)
+        if proc is not None:
+            if proc.watching is not None and proc.watching.pop(ref, None) is not None:
+                proc.deliver(Down(ref, pid, reason))
+        elif not self.is_local(watcher):
+            self._remote(watcher, ("down", watcher, ref, pid, reason))
+
+    def _connected(self, pid: Pid) -> bool:
+        dist = self.dist
+        if dist is None or not dist.connected(pid[0]):
+            return False
+        creation = dist.peer_creation(pid[0])
+        return creation is None or creation == pid[1]
+
+    def _remote(self, dest: Pid, signal: tuple[Any, ...]) -> None:
+        if self.dist is not None:
+            self.dist.send_signal(dest[0], signal)
+
+    # -- node monitoring ------------------------------------------------------
+
+    def monitor_node(self, watcher: Pid, node: str, flag: bool = True) -> None:
+        watchers = self.node_watchers.setdefault(node, {})
+        if not flag:
+            watchers.pop(watcher, None)
+            return
+        watchers[watcher] = watchers.get(watcher, 0) + 1
+        if node != self.name and (self.dist is None or not self.dist.connected(node)):
+            self.node_down(node)
+
+    def node_down(self, node: str) -> None:
+        """The connection to ``node`` is gone: fail everything that depended on it."""
+        for watcher, count in self.node_watchers.pop(node, {}).items():
+            for _ in range(count):
+                self.send(watcher, NodeDown(node))
+        for ref, target in list(self.pending_remote.items()):
+            if type(target) is Pid and target[0] == node:
+                self.fail_pending(ref, ActorExited(target, "noconnection"))
+            elif target == node:
+                self.fail_pending(ref, HermesError(f"node {node} went down"))
+        for proc in list(self.procs.values()):
+            self._sever(proc, node)
+
+    def _sever(self, proc: Process, node: str) -> None:
+        if proc.links:
+            for other in [p for p in proc.links if p[0] == node]:
+                proc.links.discard(other)
+                self.loop.call_soon(proc.signal_exit, other, "noconnection")
+        if proc.watching:
+            for ref, target in [(r, t) for r, t in proc.watching.items() if t[0] == node]:
+                self.route_down(proc.pid, ref, target, "noconnection")
+        if proc.monitors:
+            for ref in [r for r, w in proc.monitors.items() if w is not None and w[0] == node]:
+                del proc.monitors[ref]
+
+    # -- stopping -------------------------------------------------------------
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop every actor with ``"shutdown"``: roots newest first, each awaited,
+        so a supervisor stops its own children in its own order."""
+        self.stopping = True
+        deadline = self.loop.time() + timeout
+        while self.procs:
+            roots = [p for p in self.procs.values() if not self._supervised(p)]
+            proc = max(roots or self.procs.values(), key=lambda p: p.pid[2])
+            done = self.done_future(proc)
+            proc.exit("shutdown")
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(asyncio.shield(done), remaining)
+            except TimeoutError:
+                log.warning("actor %s did not finish terminate within %.1fs", proc.pid, timeout)
+        for proc in list(self.procs.values()):
+            proc.exit("killed")
+
+    def _supervised(self, proc: Process) -> bool:
+        from ._supervisor import Supervisor
+
+        parent = self.procs.get(proc.parent) if proc.parent is not None else None
+        return isinstance(parent, ActorProcess) and isinstance(parent.actor, Supervisor)
+
+    def done_future(self, proc: Process) -> asyncio.Future[Any]:
+        if proc.done is None:
+            proc.done = self.loop.create_future()
+            if proc.state == 2:
+                proc.done.set_result(proc.reason)
+        return proc.done
+
+
+def _unlink_then_exit(proc: Process, sender: Pid, reason: Any) -> None:
+    if proc.links is None or sender not in proc.links:
+        return  # unlinked meanwhile: the signal no longer applies
+    proc.links.discard(sender)
+    proc.signal_exit(sender, reason)
+
+
+# The node of this process. One per OS process, as in Erlang; ``run`` sets it.
+_node: Node | None = None
+
+
+def get() -> Node:
+    node = _node
+    if node is None:
+        raise NoNode("no Hermes node is running in this process (use hermes.run)")
+    return node
+
+
+def set_node(node: Node | None) -> None:
+    global _node
+    _node = node
+
+
+def default_host() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"

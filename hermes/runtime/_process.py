@@ -1,0 +1,325 @@
+"""Processes: the runtime's record of one live actor.
+
+Two kinds share the same bookkeeping (mailbox, links, monitors, trap flag):
+
+- ``ActorProcess`` runs an ``Actor`` subclass with no asyncio Task of its own:
+  ``deliver`` appends to a deque and, the first time in a turn, schedules
+  ``drain`` with ``loop.call_soon``; ``drain`` handles a batch of messages.
+  A Task exists only while an ``async def`` handler is running, and the actor
+  takes its next message only when that handler has finished.
+- ``TaskProcess`` runs an ``async def`` function as a Task; it reads its
+  mailbox with ``receive``.
+
+Rules kept here, as in Erlang:
+- exit signals are applied from ``call_soon`` callbacks, never inside the
+  sender's code, so a chain of links cannot recurse and an actor never dies in
+  the middle of another actor's handler;
+- ``"kill"`` cannot be trapped and ends the actor with ``"killed"``;
+  ``"normal"`` from another actor is ignored unless trapped;
+- an actor's links and monitors fire only after its ``terminate`` finished,
+  so a supervisor waiting for a child's ``Down`` knows its cleanup ran.
+
+This module knows nothing of the network: anything addressed to a pid of
+another node goes through ``Node.route_*``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._messages import Exit
+from ._pid import Pid, Ref
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+    from ._node import Node
+
+log = logging.getLogger("hermes.runtime")
+
+# The actor whose code is running. Drains set it once per batch in the node's
+# shared context; each Task (function actor, async handler) has its own context.
+current: contextvars.ContextVar[Process | None] = contextvars.ContextVar("hermes_current", default=None)
+
+RUNNING, EXITING, DEAD = 0, 1, 2
+BATCH = 128  # messages per drain turn: throughput vs. fairness between actors
+
+
+class Process:
+    __slots__ = (
+        "node", "pid", "mailbox", "links", "monitors", "watching", "trap_exit",
+        "name", "state", "reason", "parent", "ctx", "waiter", "done", "__weakref__",
+    )
+
+    def __init__(self, node: Node, pid: Pid, parent: Pid | None) -> None:
+        self.node = node
+        self.pid = pid
+        self.mailbox: deque[Any] = deque()
+        self.links: set[Pid] | None = None
+        self.monitors: dict[Ref, Pid | None] | None = None  # ref -> watcher, on the target
+        self.watching: dict[Ref, Pid] | None = None  # ref -> target, on the watcher
+        self.trap_exit = False
+        self.name: str | None = None
+        self.state = RUNNING
+        self.reason: Any = None
+        self.parent = parent
+        self.ctx: contextvars.Context | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.done: asyncio.Future[Any] | None = None  # created on demand by waiters
+
+    # -- messages -------------------------------------------------------------
+
+    def deliver(self, msg: Any) -> None:
+        self.mailbox.append(msg)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def task_context(self) -> contextvars.Context:
+        ctx = self.ctx
+        if ctx is None:
+            ctx = self.ctx = contextvars.copy_context()
+            ctx.run(current.set, self)
+        return ctx
+
+    def describe(self) -> str:
+        return f"{self.pid!r}"
+
+    # -- signals (always called from their own loop callback) -----------------
+
+    def signal_exit(self, sender: Pid | None, reason: Any) -> None:
+        if self.state != RUNNING:
+            return
+        if reason == "kill":
+            self.exit("killed")
+        elif self.trap_exit:
+            self.deliver(Exit(sender, reason))
+        elif reason == "normal" and sender != self.pid:
+            return
+        else:
+            self.exit(reason)
+
+    def signal_link(self, sender: Pid) -> None:
+        if self.state != RUNNING:
+            self.node.route_exit(sender, self.pid, "noproc")
+            return
+        if self.links is None:
+            self.links = set()
+        self.links.add(sender)
+
+    def signal_unlink(self, sender: Pid) -> None:
+        if self.links:
+            self.links.discard(sender)
+
+    def signal_monitor(self, watcher: Pid | None, ref: Ref) -> None:
+        if self.state != RUNNING:
+            self.node.route_down(watcher, ref, self.pid, "noproc")
+            return
+        if self.monitors is None:
+            self.monitors = {}
+        self.monitors[ref] = watcher
+
+    def signal_demonitor(self, ref: Ref) -> None:
+        if self.monitors:
+            self.monitors.pop(ref, None)
+
+    # -- ending ---------------------------------------------------------------
+
+    def exit(self, reason: Any) -> None:
+        """Stop this actor now with ``reason``: cleanup, then signals."""
+        if self.state != RUNNING:
+            return
+        self.state = EXITING
+        self.reason = reason
+        self.node.unregister_process(self)
+        self.stop_running(reason)
+
+    def stop_running(self, reason: Any) -> None:
+        self.finalize()
+
+    def finalize(self) -> None:
+        """Fire links and monitors; called once the actor's own cleanup ran."""
+        if self.state == DEAD:
+            return
+        self.state = DEAD
+        node, pid, reason = self.node, self.pid, self.reason
+        if self.watching:
+            for ref, target in self.watching.items():
+                node.route_demonitor(target, ref)
+        if self.links:
+            for other in self.links:
+                node.route_unlink_and_exit(other, pid, reason)
+        if self.monitors:
+            for ref, watcher in self.monitors.items():
+                node.route_down(watcher, ref, pid, reason)
+        self.links = self.monitors = self.watching = None
+        self.mailbox.clear()
+        if self.done is not None and not self.done.done():
+            self.done.set_result(reason)
+
+    def crashed(self, exc: BaseException, where: str) -> None:
+        log.error("actor %s (%s) on %s crashed in %s", self.pid, self.describe_kind(), self.node.name,
+                  where, exc_info=exc)
+        self.exit(exc)
+
+    def describe_kind(self) -> str:
+        return type(self).__name__
+
+
+class TaskProcess(Process):
+    """An ``async def`` function running as a Task."""
+
+    __slots__ = ("task", "fn", "result")
+
+    def __init__(self, node: Node, pid: Pid, parent: Pid | None, fn: Callable[..., Any]) -> None:
+        super().__init__(node, pid, parent)
+        self.fn = fn
+        self.task: asyncio.Task[Any] | None = None
+        self.result: Any = None
+
+    def describe_kind(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        coro = self._main(args, kwargs)
+        self.task = self.node.loop.create_task(coro, context=self.task_context())
+
+    async def _main(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self.result = await self.fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            if self.state == RUNNING:  # cancelled by something other than an exit signal
+                self.exit("killed")
+            return
+        except Exception as exc:  # the actor's own failure: log it, exit with it
+            if self.state == RUNNING:
+                self.crashed(exc, "its function")
+            return
+        self.exit("normal")
+
+    def stop_running(self, reason: Any) -> None:
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        self.finalize()
+
+
+class ActorProcess(Process):
+    """An ``Actor`` instance driven by ``drain``; no Task unless a handler awaits."""
+
+    __slots__ = ("actor", "scheduled", "task", "handlers")
+
+    def __init__(self, node: Node, pid: Pid, parent: Pid | None) -> None:
+        super().__init__(node, pid, parent)
+        self.actor: Actor | None = None
+        self.scheduled = True  # no drain until __init__ has finished
+        self.task: asyncio.Task[Any] | None = None
+
+    def describe_kind(self) -> str:
+        return type(self.actor).__qualname__ if self.actor is not None else "Actor"
+
+    def deliver(self, msg: Any) -> None:
+        self.mailbox.append(msg)
+        if not self.scheduled:
+            self.scheduled = True
+            self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+        elif self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)  # an async handler is in receive()
+
+    def started(self) -> None:
+        """``__init__`` finished: begin taking messages."""
+        self.scheduled = False
+        if self.mailbox:
+            self.scheduled = True
+            self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+
+    def drain(self) -> None:
+        if self.state != RUNNING:
+            return
+        current.set(self)
+        actor = self.actor
+        mailbox = self.mailbox
+        dispatch = actor._hermes_dispatch  # type: ignore[union-attr]
+        n = 0
+        while mailbox and n < BATCH:
+            msg = mailbox.popleft()
+            n += 1
+            try:
+                coro = dispatch(actor, msg)
+            except Exception as exc:
+                self.crashed(exc, _where(msg))
+                return
+            if coro is not None:  # an async handler: run it, resume draining after
+                self.task = self.node.loop.create_task(self._await(coro, msg), context=self.task_context())
+                return
+            if self.state != RUNNING:  # the handler stopped its own actor
+                return
+        if mailbox:
+            self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+        else:
+            self.scheduled = False
+
+    async def _await(self, coro: Any, msg: Any) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            if self.state == RUNNING:
+                self.exit("killed")
+            return
+        except Exception as exc:
+            if self.state == RUNNING:
+                self.crashed(exc, _where(msg))
+            return
+        self.task = None
+        if self.state == RUNNING:
+            self.scheduled = False
+            if self.mailbox:
+                self.scheduled = True
+                self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+
+    def stop_running(self, reason: Any) -> None:
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        self.task = None
+        actor = self.actor
+        if actor is None or reason == "killed" or not actor._hermes_has_terminate:
+            self.finalize()
+            return
+        self.run_terminate(actor, reason)
+
+    def run_terminate(self, actor: Actor, reason: Any) -> None:
+        token = current.set(self)
+        try:
+            result = actor.terminate(reason)
+        except Exception:
+            log.error("actor %s (%s) raised in terminate", self.pid, self.describe_kind(), exc_info=True)
+            result = None
+        finally:
+            current.reset(token)
+        if result is None or not asyncio.iscoroutine(result):
+            self.finalize()
+            return
+        self.node.loop.create_task(self._await_terminate(result), context=self.task_context())
+
+    async def _await_terminate(self, coro: Any) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.error("actor %s (%s) raised in terminate", self.pid, self.describe_kind(), exc_info=True)
+        finally:
+            self.finalize()
+
+
+def _where(msg: Any) -> str:
+    from ._actor import Call, Cast  # local: avoids an import cycle at module load
+
+    if type(msg) is Call:
+        return "handle_call"
+    if type(msg) is Cast:
+        return "handle_cast"
+    return "handle_info"
