@@ -5,7 +5,10 @@ Everything a program needs is importable from here; process groups live in
 """
 from __future__ import annotations
 
+from . import pg, registry
 from ._app import run
+from .cluster import LocalCluster
+from .pubsub import broadcast_local, publish, subscribe, subscribers, unsubscribe
 from ._errors import ActorExited, HermesError, NotInActor, RemoteError, SerializationError
 from .runtime import (NOREPLY, Actor, Down, Exit, NodeDown, NodeUp, Pid, Ref, Supervisor, call, cast,
                       connect, demonitor, disconnect, exit, link, monitor, monitor_node, node, nodes,
@@ -17,6 +20,7 @@ __all__ = [
     "Pid", "Ref", "RemoteError", "SerializationError", "Supervisor", "call", "cast", "connect",
     "demonitor", "disconnect", "exit", "link", "monitor", "monitor_node", "node", "nodes", "receive",
     "register", "reply", "rpc", "run", "self", "send", "spawn", "trap_exits", "unlink", "unregister",
-    "whereis",
+    "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
+    "subscribers",
 ]
 __version__ = "0.1.0"

@@ -45,6 +45,7 @@ async def run_async(main: Callable[..., Any] | None = None, *args: Any, name: st
     node = Node(full_name(name), loop, creation=secrets.randbits(31) or 1)
     _nodemod.set_node(node)
     stop = asyncio.Event()
+    node.request_stop = stop.set
     _install_signal_handlers(loop, stop)
     services: list[Any] = []
     try:
@@ -91,7 +92,7 @@ def _layers() -> list[Callable[..., Any]]:
     """The start functions of the layers above the runtime, bottom up."""
     starters: list[Callable[..., Any]] = []
     for module, attr in (("hermes.dist._manager", "start"), ("hermes.registry", "start_default"),
-                         ("hermes.pg._scope", "start"), ("hermes.pubsub", "start_default")):
+                         ("hermes.pg._start", "start"), ("hermes.pubsub", "start_default")):
         try:
             mod = __import__(module, fromlist=[attr])
         except ModuleNotFoundError as exc:

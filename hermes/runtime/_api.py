@@ -172,8 +172,9 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
 
 
 def _call_remote(node_: _nodemod.Node, pid: Pid, request: Any, caller: Process | None, ref: Ref) -> None:
-    if not node_._connected(pid):
-        raise ActorExited(pid, "noconnection")
+    state = node_.remote_state(pid)
+    if state != "ok":
+        raise ActorExited(pid, state)
     node_.dist.send(pid, Call(request, caller.pid if caller else None, ref))  # type: ignore[union-attr]
     node_.pending_remote[ref] = pid
     node_.route_monitor(pid, None, ref)

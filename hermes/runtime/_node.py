@@ -55,6 +55,7 @@ class Node:
         self.stopping = False
         self.drain_ctx = contextvars.Context()  # shared by every drain: they never nest
         self.exit_hooks: list[Callable[[Process], None]] = []
+        self.request_stop: Callable[[], None] = lambda: None  # set by run(): a clean shutdown
         self._pid_ids = itertools.count(1)
         self._ref_ids = itertools.count(1)
 
@@ -67,12 +68,14 @@ class Node:
         return Ref(self.name, self.creation, next(self._ref_ids))
 
     def is_local(self, pid: Pid) -> bool:
-        return pid[0] == self.name and pid[1] == self.creation
+        """Of this node's name: a pid of an earlier incarnation is local, and dead."""
+        return pid[0] == self.name
 
     # -- spawning -------------------------------------------------------------
 
     def spawn(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-              parent: Process | None, link: bool, pid: Pid | None = None) -> Pid:
+              parent: Process | None, link: bool, pid: Pid | None = None,
+              remote_link: Pid | None = None) -> Pid:
         from ._actor import Actor  # noqa: F811 - import cycle: _actor needs the node
 
         if pid is None:
@@ -87,6 +90,8 @@ class Node:
         self.procs[pid] = proc
         if link and parent is not None:
             self.link_pair(parent, pid)
+        if remote_link is not None:  # spawned for a linking actor on another node
+            proc.links = {remote_link}
         if isinstance(proc, ActorProcess):
             self._init_actor(proc, target, args, kwargs)
         else:
@@ -196,8 +201,8 @@ class Node:
         proc = self.procs.get(dest)
         if proc is not None:
             proc.signal_link(sender)
-        elif self.is_local(dest) or not self._connected(dest):
-            self.route_exit(sender, dest, "noproc" if self.is_local(dest) else "noconnection")
+        elif (state := self.remote_state(dest)) != "ok":
+            self.route_exit(sender, dest, state)
         else:
             self._remote(dest, ("link", dest, sender))
 
@@ -212,10 +217,8 @@ class Node:
         proc = self.procs.get(dest)
         if proc is not None:
             proc.signal_monitor(watcher, ref)
-        elif self.is_local(dest):
-            self.route_down(watcher, ref, dest, "noproc")
-        elif not self._connected(dest):
-            self.route_down(watcher, ref, dest, "noconnection")
+        elif (state := self.remote_state(dest)) != "ok":
+            self.route_down(watcher, ref, dest, state)
         else:
             self._remote(dest, ("monitor", dest, watcher, ref))
 
@@ -240,12 +243,17 @@ class Node:
         elif not self.is_local(watcher):
             self._remote(watcher, ("down", watcher, ref, pid, reason))
 
-    def _connected(self, pid: Pid) -> bool:
+    def remote_state(self, pid: Pid) -> str:
+        """``"ok"`` if ``pid`` may be alive on a connected node, else the reason
+        it cannot be reached: ``"noproc"`` (this node, or an old incarnation of a
+        connected one) or ``"noconnection"``."""
+        if pid[0] == self.name:
+            return "noproc"
         dist = self.dist
         if dist is None or not dist.connected(pid[0]):
-            return False
+            return "noconnection"
         creation = dist.peer_creation(pid[0])
-        return creation is None or creation == pid[1]
+        return "ok" if creation is None or creation == pid[1] else "noproc"
 
     def _remote(self, dest: Pid, signal: tuple[Any, ...]) -> None:
         if self.dist is not None:

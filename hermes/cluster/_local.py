@@ -1,0 +1,239 @@
+"""``LocalCluster``: a pg service and one OS process per node, on this machine.
+
+The driver (the process using ``LocalCluster``) is not a node: it talks to
+each node over the private control channel of ``_control`` (which is also the
+node's lifeline), so ``nodes()`` on a cluster node lists only cluster nodes
+and no group has a member in the driver. Each cluster has its own service on
+its own port and its own random cookie: clusters side by side never meet.
+
+Every wait here polls a condition with a deadline; ``stop`` (also run at
+interpreter exit and by ``__exit__``) leaves no process behind.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .._app import full_name
+from .._errors import HermesError
+from ..dist._codec import dumps, loads
+from ..pg._service import free_port, start_service_process
+from . import _control
+
+log = logging.getLogger("hermes.cluster")
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class _NodeProcess:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], answers: int, log_path: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.answers = answers
+        self.log_path = log_path
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+
+
+class LocalCluster:
+    """Start a service and nodes ``names``; returns once all see each other."""
+
+    def __init__(self, names: list[str], *, cookie: str | None = None, tick_interval: float = 1.0,
+                 lease_ttl: float = 3.0, startup_timeout: float = 30.0, log_dir: str | None = None) -> None:
+        self.cookie = cookie or secrets.token_urlsafe(24)
+        self.tick_interval = tick_interval
+        self.lease_ttl = lease_ttl
+        self.startup_timeout = startup_timeout
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="hermes-cluster-"))
+        self.service_address = ("127.0.0.1", free_port())
+        self._service: subprocess.Popen[bytes] | None = None
+        self._nodes: dict[str, _NodeProcess] = {}
+        self._order = [full_name(n) for n in names]
+        self._stopped = False
+        atexit.register(self.stop)
+        try:
+            self.start_service()
+            for name in names:
+                self._spawn(full_name(name))
+            self.wait_connected()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._order)
+
+    # -- processes ------------------------------------------------------------
+
+    def start_service(self) -> None:
+        host, port = self.service_address
+        self._service = start_service_process(host, port, self.cookie.encode(), lease_ttl=self.lease_ttl,
+                                              detached=True)
+
+    def kill_service(self) -> None:
+        if self._service is not None:
+            _kill(self._service)
+            self._service = None
+
+    def start(self, name: str) -> None:
+        """Start (or restart) node ``name`` and wait until the cluster is whole."""
+        full = full_name(name)
+        old = self._nodes.get(full)
+        if old is not None and old.proc.poll() is None:
+            raise HermesError(f"node {full} is already running")
+        if full not in self._order:
+            self._order.append(full)
+        self._spawn(full)
+        self.wait_connected()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the node: a crash, not a stop."""
+        node = self._node(name)
+        _kill(node.proc)
+        os.close(node.answers)
+        del self._nodes[node.name]
+
+    def address(self, name: str) -> tuple[str, int]:
+        return tuple(self.rpc(name, _own_address))  # type: ignore[return-value]
+
+    def output(self, name: str) -> str:
+        """What the node wrote to stdout and stderr so far."""
+        path = self.log_dir / f"{full_name(name)}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _spawn(self, full: str) -> None:
+        short = full.split("@")[0]
+        log_path = self.log_dir / f"{full}.log"
+        answers_r, answers_w = os.pipe()
+        env = {**os.environ, "HERMES_COOKIE": self.cookie, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        args = [sys.executable, "-m", "hermes", "node", "--name", full,
+                "--cluster", f"{self.service_address[0]}:{self.service_address[1]}",
+                "--control-fd", str(answers_w), "--tick-interval", str(self.tick_interval),
+                "--lease-ttl", str(self.lease_ttl)]
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                    pass_fds=(answers_w,), start_new_session=True)
+        os.close(answers_w)
+        node = _NodeProcess(full, proc, answers_r, log_path)
+        self._nodes[full] = node
+        try:
+            _control.read_frame(answers_r, time.monotonic() + self.startup_timeout)  # the "ready" frame
+        except (TimeoutError, EOFError) as exc:
+            raise HermesError(f"node {short} did not start:\n{self.output(full)[-3000:]}") from exc
+
+    def _node(self, name: str) -> _NodeProcess:
+        try:
+            return self._nodes[full_name(name)]
+        except KeyError:
+            raise HermesError(f"no running node {name!r} in this cluster") from None
+
+    # -- talking to nodes -----------------------------------------------------
+
+    def rpc(self, name: str, fn: Callable[..., Any], *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
+        """Run ``fn`` on that node as ``rpc`` does; return its result or raise its exception."""
+        node = self._node(name)
+        with node.lock:
+            request_id = next(node.ids)
+            kwargs["_hermes_timeout"] = timeout
+            try:
+                _control.write_frame(node.proc.stdin.fileno(), dumps((request_id, fn, args, kwargs)))  # type: ignore[union-attr]
+            except OSError as exc:
+                raise HermesError(f"node {node.name} is not running") from exc
+            deadline = time.monotonic() + timeout + 1.0
+            while True:
+                try:
+                    answer_id, kind, value = loads(_control.read_frame(node.answers, deadline))
+                except EOFError as exc:
+                    raise HermesError(f"node {node.name} went down during rpc") from exc
+                if answer_id == request_id:
+                    break  # earlier answers belong to requests that timed out
+        if kind == "error":
+            raise value
+        return value
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Until every node sees every other and is in every PubSub group."""
+        expected = sorted(self._nodes)
+        deadline = time.monotonic() + (timeout or self.startup_timeout)
+        while True:
+            try:
+                if all(self.rpc(n, _mesh_view, timeout=5.0) == expected for n in expected):
+                    return
+            except HermesError:
+                pass
+            if time.monotonic() > deadline:
+                views = {n: self._safe_view(n) for n in expected}
+                raise HermesError(f"cluster did not connect within the timeout: {views}")
+            time.sleep(0.02)
+
+    def _safe_view(self, name: str) -> Any:
+        try:
+            return self.rpc(name, _mesh_view, timeout=2.0)
+        except Exception as exc:
+            return repr(exc)
+
+    # -- stopping -------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every node (EOF on its lifeline, then SIGKILL) and the service."""
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self.stop)
+        for node in self._nodes.values():
+            try:
+                node.proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for node in self._nodes.values():
+            try:
+                node.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill(node.proc)
+            os.close(node.answers)
+        self._nodes.clear()
+        self.kill_service()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    proc.wait(10)
+
+
+def _mesh_view() -> list[str]:
+    """On a node: the names of nodes it is connected to *and* whose PGServer it
+    knows, itself included — the cluster is whole when these agree everywhere."""
+    from .. import pg, pubsub
+    from ..runtime import _api
+
+    members = {pid.node for pid in pg.get_members(pubsub.group_of(pubsub.DEFAULT))}
+    return sorted(members & (set(_api.nodes()) | {_api.node()}))
+
+
+def _own_address() -> tuple[str, int]:
+    from ..runtime import _node as _nodemod
+
+    return tuple(_nodemod.get().dist.local.address)  # type: ignore[union-attr,return-value]

@@ -1,0 +1,86 @@
+"""Serialization of values that cross nodes: pickle first, cloudpickle when needed.
+
+Owns the choice of pickler and the conversion of pickling failures into
+``SerializationError`` (the one boundary where that happens). It must not know
+what the values mean: messages, pids and functions are all opaque objects here.
+
+Rules:
+
+- ``dumps`` tries the C pickler (protocol 5) first: it is several times faster
+  than cloudpickle. It falls back to cloudpickle when pickle fails (lambdas,
+  closures, local classes) *or* when the result names ``__main__``: pickle
+  stores classes and functions by reference, and ``__main__`` on the receiving
+  node is a different module, so the reference would not resolve there.
+- ``dumps_fn`` always uses cloudpickle, for shipping code (spawn on a node,
+  rpc). Cloudpickle still pickles importable module-level functions by
+  reference, which is what we want: the receiver runs its own copy.
+- ``loads`` is ``pickle.loads``; it must only ever see bytes from an
+  authenticated peer (the connection guarantees that).
+
+Cost of the ``__main__`` check (measured on CPython 3.11 on the dev machine):
+``bytes.find`` costs ~70 ns for a small pickle (~0.3 ns/byte beyond that), next
+to ~200 ns for ``pickle.dumps`` of a small tuple. ``needle in data`` is twice as
+slow (~150 ns) for small data because ``bytes.__contains__`` first tries the
+needle as an int and throws away a TypeError, hence ``find``.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from typing import Any
+
+import cloudpickle
+
+from hermes._errors import SerializationError
+
+__all__ = ["PROTOCOL", "dumps", "dumps_fn", "loads"]
+
+PROTOCOL = 5
+
+_MAIN = b"__main__"
+# Pickle names the offending type in messages such as
+# "cannot pickle '_thread.lock' object" or "Can't pickle <function <lambda> at ...>".
+_INNER_TYPE = re.compile(r"(?:cannot|can't) pickle '([^']+)' object", re.IGNORECASE)
+
+loads = pickle.loads
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` so that another node can unpickle it.
+
+    Raises ``SerializationError`` (a ``TypeError``) naming the type that could
+    not be pickled, with the pickler's exception as ``__cause__``.
+    """
+    try:
+        data = pickle.dumps(obj, PROTOCOL)
+    except Exception:  # pickle raises PicklingError, TypeError, AttributeError, ...
+        return _cloudpickle(obj)
+    if data.find(_MAIN) == -1:
+        return data
+    return _cloudpickle(obj)
+
+
+def dumps_fn(fn: Any) -> bytes:
+    """Pickle a function or class by value unless it is importable by reference."""
+    return _cloudpickle(fn)
+
+
+def _cloudpickle(obj: Any) -> bytes:
+    try:
+        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    except Exception as exc:  # cloudpickle re-raises whatever the reducers raise
+        raise _serialization_error(obj, exc) from exc
+
+
+def _serialization_error(obj: Any, exc: BaseException) -> SerializationError:
+    top = _type_name(type(obj))
+    message = f"{type(exc).__name__}: {exc}"
+    match = _INNER_TYPE.search(str(exc))
+    if match and match.group(1) not in (top, type(obj).__name__):
+        message = f"it contains a value of type {match.group(1)!r} ({message})"
+    return SerializationError(top, message)
+
+
+def _type_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"

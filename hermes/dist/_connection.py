@@ -1,0 +1,511 @@
+"""One authenticated TCP link to a peer node: framing, handshake, writes, ticks.
+
+Owns the byte stream of one connection. It must not know about actors, pids,
+routing or what the frames mean: payloads are opaque pickled objects, handed
+to a delegate (the lead's distribution manager) one by one.
+
+Rules:
+
+- Frames are a 4-byte big-endian length + payload; length 0 is a TICK. A
+  length above ``max_frame`` closes the connection before anything of the
+  frame is buffered.
+- Until the handshake (``_handshake``) is done nothing from the peer is
+  unpickled and nothing is delivered; any handshake failure aborts the
+  transport. ``connection_closed`` is called exactly once for every
+  connection that reached ``connection_made``, established or not
+  (``conn.peer is None`` tells it never was).
+- Writes are coalesced: ``send`` appends header + payload to one bytearray and
+  the first send of a loop turn schedules one ``flush`` with ``call_soon``, so
+  N sends in a turn cost one ``transport.write``. While the transport is
+  paused (peer slow), frames stay in that buffer, never dropped; order is kept.
+- Ticks, as Erlang's net_ticktime: every ``tick_interval`` a TICK is written if
+  nothing else was, and the connection is closed when nothing at all arrived
+  during ``TICK_MISSES`` intervals. All nodes must use the same interval.
+- Everything runs on the event loop thread; nothing here is thread-safe.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol
+
+from hermes._errors import HandshakeError, SerializationError
+from hermes.dist._codec import dumps, loads
+from hermes.dist._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
+
+__all__ = [
+    "DEFAULT_MAX_FRAME", "TICK_MISSES", "Connection", "ConnectionDelegate", "ConnectionStatistics",
+    "PeerInfo", "PeerRefusedError", "open_connection", "start_listener",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_FRAME = 64 * 2**20
+TICK_MISSES = 4
+_TICK = FRAME_HEADER.pack(0)
+_pack = FRAME_HEADER.pack
+_unpack_from = FRAME_HEADER.unpack_from
+_HEADER_SIZE = FRAME_HEADER.size
+
+
+class PeerRefusedError(ConnectionRefusedError):
+    """The peer authenticated us, then declined (NOK): e.g. a duplicate connection."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"connection refused by peer: {reason}")
+
+
+class ConnectionDelegate(Protocol):
+    """What a connection reports to its owner. All calls happen on the loop thread."""
+
+    def accept_peer(self, conn: Connection, peer: PeerInfo) -> bool:
+        """Acceptor side only: the authenticated ``peer`` wants in; False sends NOK."""
+        return True
+
+    def connection_established(self, conn: Connection) -> None:
+        """After a successful handshake, on both sides, before any frame_received."""
+
+    def frame_received(self, conn: Connection, obj: Any) -> None:
+        """One unpickled frame, in the order the peer sent them."""
+
+    def connection_closed(self, conn: Connection, reason: str) -> None:
+        """Exactly once per connection; ``conn.peer is None`` if it never got established."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    writes: int  # transport.write calls, i.e. syscalls at most
+    ticks_in: int
+    ticks_out: int
+    undecodable: int  # frames dropped because they failed to unpickle
+    queued_bytes: int  # waiting in user space (flush pending or transport paused)
+    paused: bool
+
+
+class Connection(asyncio.Protocol):
+    """An ``asyncio.Protocol`` for one node-to-node link; see the module docstring."""
+
+    # Slots make the attribute reads and writes of the hot path cheaper.
+    __slots__ = (
+        "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
+        "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
+        "_wbuf", "_rbuf", "_flush_scheduled", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
+        "_timer", "_linger", "_waiter", "_failure",
+        "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
+    )
+
+    def __init__(
+        self, delegate: ConnectionDelegate, *, role: Role, local: PeerInfo, cookie: bytes,
+        max_frame: int = DEFAULT_MAX_FRAME, tick_interval: float = 1.0, handshake_timeout: float = 5.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        _check_options(max_frame, tick_interval, handshake_timeout)
+        self._delegate = delegate
+        self.role: Role = role
+        self.local = local
+        self.peer: PeerInfo | None = None  # set when established, kept after close
+        self.authenticated = False  # handshake completed (stays True after close)
+        self.closed = False
+        self.close_reason: str | None = None
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._address = "?"
+        self._handshake: Handshake | None = Handshake(role, local, cookie)
+        self._max_frame = max_frame
+        self._tick_interval = tick_interval
+        self._handshake_timeout = handshake_timeout
+        self._wbuf = bytearray()
+        self._rbuf = bytearray()
+        self._flush_scheduled = self._paused = self._wrote = self._heard = False
+        self._pending_frames = self._silent = 0
+        self._timer: asyncio.TimerHandle | None = None  # handshake timeout, then the tick
+        self._linger: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[BaseException | None] | None = None  # open_connection's
+        self._failure: BaseException | None = None
+        self._frames_in = self._frames_out = self._bytes_in = self._bytes_out = self._writes = 0
+        self._ticks_in = self._ticks_out = self._undecodable = 0
+
+    def __repr__(self) -> str:
+        who = self.peer.name if self.peer else self._address
+        state = "closed" if self.closed else "up" if self.authenticated else "handshaking"
+        return f"<Connection {self.role} {who} {state}>"
+
+    # -- sending (hot path) --------------------------------------------------
+
+    def send(self, obj: Any) -> None:
+        """Pickle ``obj`` and queue it. ``SerializationError`` propagates, nothing is queued."""
+        payload = dumps(obj)
+        if len(payload) > self._max_frame:
+            raise SerializationError(type(obj).__qualname__, f"pickled size {len(payload)} exceeds max_frame")
+        self.send_payload(payload)
+
+    def send_payload(self, payload: bytes | bytearray | memoryview) -> None:
+        """Queue an already-pickled payload (copied at once; byte-format buffers only).
+
+        Frames sent before the handshake completes wait for it; frames sent
+        after close are dropped, like a message to a dead node.
+        """
+        size = len(payload)
+        if not 0 < size <= self._max_frame:
+            raise ValueError(f"payload of {size} bytes (must be 1..{self._max_frame})")
+        if self.closed:
+            return
+        wbuf = self._wbuf
+        wbuf += _pack(size)
+        wbuf += payload
+        self._pending_frames += 1
+        if not self._flush_scheduled and self.authenticated:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._paused or not self._wbuf or self.closed:
+            return
+        self._write_buffer()
+
+    def _write_buffer(self) -> None:
+        # Hand the bytearray over and start a new one: since 3.12 the transport
+        # may keep a view of what it could not send at once, so never reuse it.
+        data, self._wbuf = self._wbuf, bytearray()
+        self._frames_out += self._pending_frames
+        self._pending_frames = 0
+        self._write(data)
+        self._wrote = True
+
+    def _write(self, data: bytes | bytearray) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+        self._writes += 1
+        self._bytes_out += len(data)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._wbuf and not self._flush_scheduled and self.authenticated and not self.closed:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    # -- receiving (hot path) ------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_in += len(data)
+        self._heard = True
+        if self.closed:
+            return
+        if not self.authenticated:
+            self._handshake_data(data)
+            return
+        self._receive_frames(data)
+
+    def _receive_frames(self, data: bytes) -> None:
+        rbuf = self._rbuf
+        if not rbuf:
+            # Common case: parse straight from ``data``, buffer only the tail.
+            consumed = self._deliver_frames(data)
+            if consumed < len(data) and not self.closed:
+                rbuf += memoryview(data)[consumed:]
+            return
+        rbuf += data
+        consumed = self._deliver_frames(rbuf)
+        del rbuf[:consumed]  # one memmove per read, not per frame
+
+    def _deliver_frames(self, buf: bytes | bytearray) -> int:
+        """Deliver every complete frame in ``buf``; return how many bytes were consumed."""
+        deliver = self._delegate.frame_received
+        max_frame, available = self._max_frame, len(buf)
+        pos = frames = ticks = 0
+        with memoryview(buf) as view:  # released before the caller resizes ``buf``
+            while available - pos >= _HEADER_SIZE:
+                (size,) = _unpack_from(buf, pos)
+                if size > max_frame:
+                    self._oversized(size)
+                    break
+                end = pos + _HEADER_SIZE + size
+                if end > available:
+                    break
+                if size:
+                    frames += 1
+                    try:
+                        obj = loads(view[pos + _HEADER_SIZE : end])
+                    except Exception as exc:  # any unpickling failure: drop the frame, keep the link
+                        self._drop_undecodable(exc)
+                    else:
+                        try:
+                            deliver(self, obj)
+                        except Exception:
+                            log.exception("delegate failed on a frame from %s", self._who())
+                else:
+                    ticks += 1
+                pos = end
+                if self.closed:  # the delegate closed us: deliver nothing more
+                    break
+        self._frames_in += frames
+        self._ticks_in += ticks
+        return pos
+
+    def _drop_undecodable(self, exc: Exception) -> None:
+        self._undecodable += 1
+        # No exc_info: a kept traceback would pin the receive buffer's view.
+        log.warning("dropped a frame from %s that failed to unpickle: %s: %s", self._who(), type(exc).__name__, exc)
+
+    def _oversized(self, size: int) -> None:
+        log.warning("%s announced a frame of %d bytes (max_frame %d); closing", self._who(), size, self._max_frame)
+        self._shutdown(f"oversized frame ({size} bytes)", abort=True)
+
+    # -- handshake -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._address = _format_address(transport.get_extra_info("peername"))
+        _set_nodelay(transport)
+        assert self._handshake is not None
+        self._timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
+        hello = self._handshake.initiate()
+        if hello:
+            self._write(hello)
+
+    def _handshake_data(self, data: bytes) -> None:
+        handshake = self._handshake
+        assert handshake is not None
+        try:
+            reply = handshake.receive_data(data)
+            if reply:
+                self._write(reply)
+            if handshake.state is State.AWAIT_VERDICT:
+                self._write(handshake.verdict(self._ask_accept(handshake)))
+        except HandshakeRefused as exc:
+            log.info("%s refused the connection: %s", self._address, exc.reason)
+            self._fail(f"refused: {exc.reason}", PeerRefusedError(exc.reason))
+            return
+        except HandshakeError as exc:
+            log.warning("handshake with %s failed: %s", self._address, exc)
+            self._fail(f"handshake failed: {exc}", exc)
+            return
+        if handshake.state is State.REFUSED:
+            self.close("peer not accepted")  # graceful, so that the NOK reaches the connector
+        elif handshake.state is State.DONE:
+            self._establish(handshake.peer, handshake.take_leftover())
+
+    def _ask_accept(self, handshake: Handshake) -> bool:
+        assert handshake.peer is not None
+        try:
+            return bool(self._delegate.accept_peer(self, handshake.peer))
+        except Exception:
+            log.exception("accept_peer failed for %s; refusing it", handshake.peer.name)
+            return False
+
+    def _establish(self, peer: PeerInfo | None, leftover: bytes) -> None:
+        assert peer is not None
+        self._handshake = None  # the cookie and nonces are no longer needed
+        self.peer = peer
+        self.authenticated = True
+        self._cancel_timer()
+        self._timer = self._loop.call_later(self._tick_interval, self._tick)
+        log.debug("connection %s with %s established", self.role, peer.name)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        try:
+            self._delegate.connection_established(self)
+        except Exception:
+            log.exception("connection_established failed for %s", peer.name)
+        if self.closed:
+            return
+        if self._wbuf and not self._flush_scheduled:  # frames sent before or during establishment
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        if leftover:
+            self._receive_frames(leftover)
+
+    def _handshake_timed_out(self) -> None:
+        log.warning("handshake with %s timed out after %.1f s", self._address, self._handshake_timeout)
+        self._fail("handshake timeout", TimeoutError(f"handshake with {self._address} timed out"))
+
+    def _fail(self, reason: str, failure: BaseException) -> None:
+        if not self.closed:
+            self._failure = failure
+            self._shutdown(reason, abort=True)
+
+    # -- ticks ---------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.closed:
+            return
+        self._silent = 0 if self._heard else self._silent + 1
+        self._heard = False
+        if self._silent >= TICK_MISSES:
+            log.warning("tick timeout: nothing from %s for %d intervals; closing", self._who(), self._silent)
+            self._shutdown("tick timeout", abort=True)
+            return
+        if not self._wrote and not self._wbuf and not self._paused:
+            self._write(_TICK)
+            self._ticks_out += 1
+        self._wrote = False
+        self._timer = self._loop.call_later(self._tick_interval, self._tick)
+
+    # -- closing -------------------------------------------------------------
+
+    def close(self, reason: str = "closed") -> None:
+        """Close gracefully: frames already queued are written first. Idempotent."""
+        if self.closed:
+            return
+        if self._wbuf and self.authenticated and self._transport is not None:
+            self._write_buffer()
+        self._shutdown(reason, abort=False)
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close at once, dropping whatever is still queued. Idempotent."""
+        if not self.closed:
+            self._shutdown(reason, abort=True)
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        if self.closed:
+            return
+        reason = f"connection lost: {exc}" if exc else "connection closed by peer"
+        if not self.authenticated:
+            log.warning("%s closed the connection during the handshake", self._address)
+            self._failure = HandshakeError(f"{self._address} closed the connection during the handshake")
+        self._shutdown(reason, abort=False)
+
+    def _shutdown(self, reason: str, *, abort: bool) -> None:
+        # The one place that closes: guarded so the delegate hears it exactly once,
+        # even when two timers (ours and open_connection's) fire in the same turn.
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._cancel_timer()
+        self._wbuf = bytearray()
+        self._rbuf = bytearray()
+        self._handshake = None
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+                # A peer that never reads would keep the socket forever; cap it.
+                self._linger = self._loop.call_later(max(self._handshake_timeout, 1.0), transport.abort)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(self._failure or ConnectionResetError(reason))
+        log.debug("connection %s with %s closed: %s", self.role, self._who(), reason)
+        if transport is not None:  # never connected at all: the delegate never knew us
+            try:
+                self._delegate.connection_closed(self, reason)
+            except Exception:
+                log.exception("connection_closed failed for %s", self._who())
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- introspection -------------------------------------------------------
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            frames_in=self._frames_in, frames_out=self._frames_out, bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out, writes=self._writes, ticks_in=self._ticks_in, ticks_out=self._ticks_out,
+            undecodable=self._undecodable, queued_bytes=len(self._wbuf), paused=self._paused,
+        )
+
+    @property
+    def peer_address(self) -> str:
+        """The socket address of the other end, as ``host:port``."""
+        return self._address
+
+    def _who(self) -> str:
+        return f"{self.peer.name} ({self._address})" if self.peer else self._address
+
+
+# -- opening -----------------------------------------------------------------
+
+
+async def open_connection(
+    delegate: ConnectionDelegate, host: str, port: int, *, local: PeerInfo, cookie: bytes,
+    timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME, tick_interval: float = 1.0,
+) -> Connection:
+    """Connect and run the handshake; return the established connection.
+
+    Raises ``PeerRefusedError`` (the peer's NOK; a ``ConnectionRefusedError``
+    like a TCP refusal),
+    ``HandshakeError`` (authentication failed), ``TimeoutError`` (``timeout``
+    covers connect + handshake) or another ``OSError`` (unreachable).
+    """
+    loop = asyncio.get_running_loop()
+    conn = Connection(delegate, role="connect", local=local, cookie=cookie, max_frame=max_frame,
+                      tick_interval=tick_interval, handshake_timeout=timeout, loop=loop)
+    waiter = conn._waiter = loop.create_future()
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: conn, host, port)
+            failure = await waiter
+    except TimeoutError:
+        conn._fail("connect timeout", TimeoutError())
+        raise TimeoutError(f"connecting to {host}:{port} timed out after {timeout} s") from None
+    except BaseException:
+        conn.abort("connect cancelled")
+        raise
+    if failure is not None:
+        raise failure
+    return conn
+
+
+async def start_listener(
+    delegate: ConnectionDelegate | Callable[[], ConnectionDelegate], host: str, port: int, *,
+    local: PeerInfo, cookie: bytes, max_frame: int = DEFAULT_MAX_FRAME, tick_interval: float = 1.0,
+    handshake_timeout: float = 5.0,
+) -> asyncio.Server:
+    """Listen for peers. ``delegate`` is a delegate or a zero-argument factory of them.
+
+    If ``local.address`` has port 0, accepted connections announce the port
+    actually bound (read it back from ``server.sockets[0].getsockname()``).
+    """
+    _check_options(max_frame, tick_interval, handshake_timeout)
+    loop = asyncio.get_running_loop()
+    is_factory = isinstance(delegate, type) or not hasattr(delegate, "frame_received")
+    make_delegate = delegate if is_factory else (lambda: delegate)
+    identity = local
+
+    def accept() -> Connection:
+        return Connection(make_delegate(), role="accept", local=identity, cookie=cookie, max_frame=max_frame,
+                          tick_interval=tick_interval, handshake_timeout=handshake_timeout, loop=loop)
+
+    server = await loop.create_server(accept, host, port)
+    if local.address[1] == 0:
+        identity = replace(local, address=(local.address[0], server.sockets[0].getsockname()[1]))
+    return server
+
+
+def _check_options(max_frame: int, tick_interval: float, handshake_timeout: float) -> None:
+    if not 0 < max_frame < 2**32:
+        raise ValueError(f"max_frame must be in 1..2**32-1, not {max_frame}")
+    if tick_interval <= 0 or handshake_timeout <= 0:
+        raise ValueError("tick_interval and handshake_timeout must be positive")
+
+
+def _set_nodelay(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _format_address(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return str(peername)

@@ -1,0 +1,395 @@
+"""The distribution manager: this node's connections to the other nodes.
+
+It owns the listener and one authenticated ``Connection`` per peer name, and
+turns the runtime's remote operations into frames and frames back into
+runtime operations. Frames are tuples whose first item is a tag; the tag
+table ``_HANDLERS`` says what each does on arrival.
+
+Rules:
+- one connection per peer: a duplicate is refused at the handshake; when two
+  nodes connect to each other at the same moment, the connection initiated by
+  the node with the greater name wins (both sides apply the same rule);
+- the mesh is transitive: on every new connection each side sends its peer
+  list, and the other connects to the peers it lacks (hidden nodes excepted);
+- a peer that restarted (new creation) replaces its old connection; pids of
+  the old incarnation are dead: sends to them are dropped, monitors get
+  ``"noproc"``;
+- on a lost connection the runtime fails links, monitors and calls with
+  ``"noconnection"`` and the node-down listeners (pg, discovery) are told.
+
+It knows nothing of pubsub, registries or process groups.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import traceback
+from typing import Any, Callable
+
+from .._errors import HermesError, RemoteError, SerializationError
+from ..runtime._api import rpc_body
+from ..runtime._messages import NodeUp
+from ..runtime._node import Node
+from ..runtime._pid import Pid, Ref
+from ._connection import Connection, PeerInfo, open_connection, start_listener
+from ._cookie import resolve_cookie
+
+log = logging.getLogger("hermes.dist")
+
+REMOTE_SPAWN_BASE = 1 << 40  # ids chosen by a spawning peer: never clash with the local counter
+
+
+class Distribution:
+    """This node's side of the mesh (``node.dist``)."""
+
+    def __init__(self, node: Node, cookie: bytes, *, hidden: bool = False, tick_interval: float = 1.0,
+                 max_frame: int = 64 * 2**20, connect_timeout: float = 5.0) -> None:
+        self.node = node
+        self.cookie = cookie
+        self.hidden = hidden
+        self.options = {"tick_interval": tick_interval, "max_frame": max_frame}
+        self.connect_timeout = connect_timeout
+        self.local: PeerInfo | None = None
+        self.server: asyncio.Server | None = None
+        self.conns: dict[str, Connection] = {}
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.pending: dict[str, asyncio.Future[bool]] = {}
+        self.hidden_peers: set[str] = set()
+        self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
+        self.down_listeners: list[Callable[[str, int], None]] = []
+        self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
+        self.up_watchers: set[Pid] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        self.local = PeerInfo(self.node.name, self.node.creation, (host, port), self.hidden)
+        self.server = await start_listener(self, host, port, local=self.local, cookie=self.cookie, **self.options)
+        bound = self.server.sockets[0].getsockname()[:2]
+        self.local = PeerInfo(self.node.name, self.node.creation, (host, bound[1]), self.hidden)
+        log.debug("node %s listening on %s:%d", self.node.name, host, bound[1])
+        return host, bound[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.conns.values()):
+            conn.close("node stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        self.node.dist = None
+
+    # -- the runtime's interface ---------------------------------------------
+
+    def nodes(self) -> list[str]:
+        return [name for name in self.conns if name not in self.hidden_peers]
+
+    def connected(self, name: str) -> bool:
+        return name in self.conns
+
+    def peer_creation(self, name: str) -> int | None:
+        conn = self.conns.get(name)
+        return conn.peer.creation if conn is not None and conn.peer is not None else None
+
+    def send(self, pid: Pid, msg: Any) -> None:
+        conn = self.conns.get(pid[0])
+        if conn is None:
+            self._check_picklable(msg)  # an unpicklable message is an error even if it would be dropped
+            return
+        if conn.peer.creation != pid[1]:
+            return  # an old incarnation's pid: dead
+        conn.send(("msg", pid, msg))
+
+    def send_signal(self, name: str, signal: tuple[Any, ...]) -> None:
+        conn = self.conns.get(name)
+        if conn is None:
+            if signal[0] == "send_name":
+                self._check_picklable(signal[2])
+            return
+        if signal[0] == "reply":
+            self._send_reply(conn, signal)
+            return
+        conn.send(signal)
+
+    def send_payload(self, name: str, payload: bytes) -> None:
+        """Write an already pickled frame (the publish path pickles once)."""
+        conn = self.conns.get(name)
+        if conn is not None:
+            conn.send_payload(payload)
+
+    def _send_reply(self, conn: Connection, signal: tuple[Any, ...]) -> None:
+        try:
+            conn.send(signal)
+            return
+        except SerializationError as exc:
+            value = signal[2]
+            if isinstance(value, tuple) and len(value) == 2 and value[0] == "error":
+                error = value[1]
+                text = "".join(traceback.format_exception(error))
+                replacement: Any = ("error", RemoteError(f"{type(error).__qualname__}: {error}", text))
+            elif isinstance(value, tuple) and len(value) == 2 and value[0] == "ok":
+                replacement = ("error", RemoteError(f"the result could not be sent back: {exc}"))
+            else:
+                raise
+        conn.send(("reply", signal[1], replacement))
+
+    @staticmethod
+    def _check_picklable(msg: Any) -> None:
+        from ._codec import dumps
+
+        dumps(msg)
+
+    # -- spawning on other nodes ---------------------------------------------
+
+    def spawn(self, name: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+              parent: Any, link: bool) -> Pid:
+        conn = self.conns.get(name)
+        creation = conn.peer.creation if conn is not None else 0
+        pid = Pid(name, creation, REMOTE_SPAWN_BASE + secrets.randbits(40))
+        link_from = parent.pid if (link and parent is not None) else None
+        if conn is not None:
+            conn.send(("spawn", pid, target, args, kwargs, link_from))
+        else:
+            self._check_picklable((target, args, kwargs))
+        if link_from is not None:
+            if parent.links is None:
+                parent.links = set()
+            parent.links.add(pid)
+            if conn is None:
+                self.node.route_exit(parent.pid, pid, "noconnection")
+        return pid
+
+    # -- connecting -----------------------------------------------------------
+
+    async def connect(self, name: str) -> bool:
+        if name in self.conns:
+            return True
+        address = self.addresses.get(name) or self._resolve(name)
+        if address is None:
+            return False
+        return await self.connect_address(address, expect=name)
+
+    async def ensure_connected(self, name: str) -> bool:
+        return await self.connect(name)
+
+    def _resolve(self, name: str) -> tuple[str, int] | None:
+        for resolver in self.resolvers:
+            address = resolver(name)
+            if address is not None:
+                return address
+        return None
+
+    async def connect_address(self, address: tuple[str, int], expect: str | None = None) -> bool:
+        """Connect to whatever node listens at ``address`` (``expect``: its name)."""
+        key = expect or f"{address[0]}:{address[1]}"
+        pending = self.pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = self.node.loop.create_future()
+        self.pending[key] = fut
+        try:
+            result = await self._open(address, expect)
+        finally:
+            del self.pending[key]
+        fut.set_result(result)
+        return result
+
+    async def _open(self, address: tuple[str, int], expect: str | None) -> bool:
+        try:
+            conn = await open_connection(self, address[0], address[1], local=self.local, cookie=self.cookie,
+                                         timeout=self.connect_timeout, **self.options)
+        except ConnectionRefusedError:
+            # refused at the handshake: a duplicate (we may be connected the other way)
+            return await self._wait_connected(expect)
+        except (OSError, TimeoutError, HermesError) as exc:
+            log.debug("connect to %s at %s failed: %r", expect, address, exc)
+            return False
+        if expect is not None and conn.peer.name != expect:
+            log.warning("node at %s is %s, not %s", address, conn.peer.name, expect)
+        return True
+
+    async def _wait_connected(self, name: str | None, timeout: float = 1.0) -> bool:
+        if name is None:
+            return False
+        deadline = self.node.loop.time() + timeout
+        while name not in self.conns and self.node.loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        return name in self.conns
+
+    def disconnect(self, name: str) -> bool:
+        conn = self.conns.get(name)
+        if conn is None:
+            return False
+        conn.close("disconnect")
+        return True
+
+    def connect_soon(self, name: str, address: tuple[str, int] | None = None) -> None:
+        """Connect in the background (mesh completion, discovery)."""
+        if name == self.node.name or name in self.conns or name in self.pending:
+            return
+        if address is not None:
+            self.addresses[name] = address
+        task = self.node.loop.create_task(self.connect(name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the Connection delegate ---------------------------------------------
+
+    def accept_peer(self, conn: Connection, peer: PeerInfo) -> bool:
+        if peer.name == self.node.name:
+            return False
+        existing = self.conns.get(peer.name)
+        if existing is not None:
+            if existing.peer.creation != peer.creation:
+                existing.close("replaced by a new incarnation")  # the peer restarted
+                return True
+            return False
+        if peer.name in self.pending and self.node.name > peer.name:
+            return False  # simultaneous connect: ours (from the greater name) wins
+        return True
+
+    def connection_established(self, conn: Connection) -> None:
+        peer = conn.peer
+        old = self.conns.get(peer.name)
+        if old is not None and old is not conn:
+            old.close("duplicate")
+        self.conns[peer.name] = conn
+        self.addresses[peer.name] = tuple(peer.address)  # type: ignore[assignment]
+        if peer.hidden:
+            self.hidden_peers.add(peer.name)
+        log.info("node %s connected to %s", self.node.name, peer.name)
+        if not self.hidden and not peer.hidden:
+            conn.send(("peers", [(p.name, tuple(p.address)) for n, c in self.conns.items()
+                                 if n != peer.name and (p := c.peer) is not None and not p.hidden]))
+        for listener in self.up_listeners:
+            listener(peer.name, peer)
+        if not peer.hidden:
+            for watcher in list(self.up_watchers):
+                self.node.send(watcher, NodeUp(peer.name))
+
+    def connection_closed(self, conn: Connection, reason: Any) -> None:
+        peer = conn.peer
+        if peer is None or self.conns.get(peer.name) is not conn:
+            return
+        del self.conns[peer.name]
+        self.hidden_peers.discard(peer.name)
+        log.info("node %s lost connection to %s: %s", self.node.name, peer.name, reason)
+        self.node.node_down(peer.name)
+        for listener in self.down_listeners:
+            listener(peer.name, peer.creation)
+
+    def frame_received(self, conn: Connection, frame: Any) -> None:
+        try:
+            handler = _HANDLERS[frame[0]]
+        except (KeyError, TypeError, IndexError):
+            log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
+            return
+        handler(self, conn, frame)
+
+
+# -- what each frame does on arrival ----------------------------------------
+
+def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    proc = dist.node.procs.get(frame[1])
+    if proc is not None:
+        proc.deliver(frame[2])
+
+
+def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.send(frame[1], frame[2])
+
+
+def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.reply(frame[1], frame[2])
+
+
+def _on_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_exit(frame[1], frame[2], frame[3])
+
+
+def _on_link_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_unlink_and_exit(frame[1], frame[2], frame[3])
+
+
+def _on_link(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_link(frame[1], frame[2])
+
+
+def _on_unlink(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_unlink(frame[1], frame[2])
+
+
+def _on_monitor(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_monitor(frame[1], frame[2], frame[3])
+
+
+def _on_demonitor(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_demonitor(frame[1], frame[2])
+
+
+def _on_down(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_down(frame[1], frame[2], frame[3], frame[4])
+
+
+def _on_spawn(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    _, pid, target, args, kwargs, link_from = frame
+    node = dist.node
+    if pid[0] != node.name or pid[1] != node.creation or pid in node.procs:
+        if link_from is not None:
+            node.route_exit(link_from, pid, "noproc")
+        return
+    try:
+        node.spawn(target, args, kwargs, parent=None, link=False, pid=pid, remote_link=link_from)
+    except TypeError as exc:
+        log.error("remote spawn from %s failed: %s", conn.peer.name, exc)
+        if link_from is not None:
+            node.route_exit(link_from, pid, exc)
+
+
+def _on_rpc(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    _, ref, fn, args, kwargs = frame
+    dist.node.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
+
+
+def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    for name, address in frame[1]:
+        dist.connect_soon(name, tuple(address))
+
+
+_HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
+    "msg": _on_msg, "send_name": _on_send_name, "reply": _on_reply, "exit": _on_exit,
+    "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
+    "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def start(node: Node, *, cookie: str | bytes | None, host: str = "127.0.0.1", port: int = 0,
+                hidden: bool = False, tick_interval: float = 1.0, max_frame: int = 64 * 2**20,
+                listen: bool = True, **_: Any) -> Distribution:
+    """Start distribution for ``node``: resolve the cookie and listen on ``host:port``."""
+    resolved = resolve_cookie(cookie)
+    if listen and not is_loopback(host) and resolved.source == "generated":
+        raise HermesError(f"refusing to listen on {host} with a cookie made up just now: other machines "
+                          "cannot know it. Pass cookie=, set HERMES_COOKIE or write ~/.hermes/cookie.")
+    dist = Distribution(node, resolved.value, hidden=hidden, tick_interval=tick_interval, max_frame=max_frame)
+    node.dist = dist
+    if listen:
+        await dist.listen(host, port)
+    else:
+        dist.local = PeerInfo(node.name, node.creation, (host, 0), hidden)
+    return dist
+
+
+__all__ = ["Distribution", "Ref", "start"]

@@ -1,0 +1,273 @@
+"""The pg scope: this node's replica of every process group in the cluster.
+
+Local ``join``/``leave`` are applied at once (the caller runs on the node's
+loop, as the scope does) and pushed to the pg service; remote changes come
+from the service's change feed through ``ServiceClient``, whose threads hand
+them to the loop with ``call_soon_threadsafe``. Every read is local.
+
+Visibility rule: the members of another node count only while this node holds
+a mesh connection to that node's current incarnation. So:
+- a node whose connection drops vanishes from every group here at once,
+  without waiting for its lease (a netsplit hides it; a reconnect shows it);
+- updates from a stale incarnation never show: its creation does not match
+  the connection's.
+
+Empty groups are never listed: a group key exists only while it has members.
+``monitor`` subscribers get ``Event(ref, kind, group, pids)``, one per batch.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, Iterable
+
+from ..runtime import Actor, Pid, Ref, register, send
+from ..runtime import _node as _nodemod
+from ..runtime._node import Node
+from ..runtime._process import Process
+from ._event import Event
+
+log = logging.getLogger("hermes.pg")
+NAME = "hermes.pg"
+
+
+class Scope(Actor):
+    """Owns the replica; registered as ``hermes.pg``. Found by ``scope()``."""
+
+    def __init__(self) -> None:
+        register(NAME)
+        self.node: Node = _nodemod.get()
+        self.local: dict[Any, list[Pid]] = {}  # group -> local members (duplicates kept)
+        self.local_groups_of: dict[Pid, list[Any]] = {}  # pid -> its groups (one per membership)
+        self.remote: dict[str, tuple[int, dict[Any, list[Pid]]]] = {}  # node -> (creation, buckets)
+        self.cache: dict[Any, list[Pid]] = {}  # group -> all visible members
+        self.monitors: dict[Ref, tuple[Pid, Any]] = {}  # ref -> (watcher, group)
+        self.client: Any = None
+        self.node.pg_scope = self  # type: ignore[attr-defined]
+        self.node.exit_hooks.append(self._actor_exited)
+
+    def terminate(self, reason: Any) -> None:
+        if self._actor_exited in self.node.exit_hooks:
+            self.node.exit_hooks.remove(self._actor_exited)
+
+    # -- reads ----------------------------------------------------------------
+
+    def members(self, group: Any) -> list[Pid]:
+        cached = self.cache.get(group)
+        if cached is None:
+            cached = list(self.local.get(group, ()))
+            for name, (creation, buckets) in self.remote.items():
+                if group in buckets and self._visible(name, creation):
+                    cached.extend(buckets[group])
+            self.cache[group] = cached
+        return list(cached)
+
+    def groups(self) -> list[Any]:
+        found = dict.fromkeys(self.local)
+        for name, (creation, buckets) in self.remote.items():
+            if self._visible(name, creation):
+                found.update(dict.fromkeys(buckets))
+        return list(found)
+
+    def _visible(self, name: str, creation: int) -> bool:
+        dist = self.node.dist
+        return dist is not None and dist.connected(name) and dist.peer_creation(name) == creation
+
+    # -- local writes ---------------------------------------------------------
+
+    def join(self, group: Any, pids: list[Pid]) -> None:
+        for pid in pids:
+            if type(pid) is not Pid:
+                raise TypeError(f"pg members are pids, not {type(pid).__name__}")
+            if pid[0] != self.node.name:
+                raise ValueError(f"cannot join {pid} to {group!r}: it is not a local pid")
+        live = [pid for pid in pids if pid in self.node.procs]
+        if not live:
+            return
+        self.local.setdefault(group, []).extend(live)
+        for pid in live:
+            self.local_groups_of.setdefault(pid, []).append(group)
+        self._changed(group, "join", live)
+        self._push([("join", group, live)])
+
+    def leave(self, group: Any, pids: list[Pid]) -> bool:
+        members = self.local.get(group)
+        if not members:
+            return False
+        left = []
+        for pid in pids:
+            if pid in members:
+                members.remove(pid)
+                self.local_groups_of[pid].remove(group)
+                if not self.local_groups_of[pid]:
+                    del self.local_groups_of[pid]
+                left.append(pid)
+        if not members:
+            del self.local[group]
+        if not left:
+            return False
+        self._changed(group, "leave", left)
+        self._push([("leave", group, left)])
+        return True
+
+    def _actor_exited(self, proc: Process) -> None:
+        """Exit hook: a dead local actor leaves all its groups at once."""
+        groups = self.local_groups_of.pop(proc.pid, None)
+        if not groups:
+            return
+        changes = []
+        for group in dict.fromkeys(groups):
+            members = self.local[group]
+            count = members.count(proc.pid)
+            self.local[group] = members = [p for p in members if p != proc.pid]
+            if not members:
+                del self.local[group]
+            self._changed(group, "leave", [proc.pid] * count)
+            changes.append(("leave", group, [proc.pid] * count))
+        self._push(changes)
+
+    def _push(self, changes: list[tuple[str, Any, list[Pid]]]) -> None:
+        if self.client is not None:
+            self.client.push(changes)
+
+    def local_snapshot(self) -> dict[Any, list[Pid]]:
+        return {group: list(members) for group, members in self.local.items()}
+
+    # -- remote changes (on the loop, from the feed or the mesh) -------------
+
+    def apply_feed(self, kind: str, payload: Any) -> None:
+        if kind == "snapshot":
+            self._apply_snapshot(*payload)
+        elif kind == "events":
+            for event in payload:
+                self._apply_event(event)
+
+    def _apply_snapshot(self, nodes: dict[str, tuple[int, Any]], buckets: dict[tuple[str, int], Any]) -> None:
+        before = {name: self._visible_groups(name) for name in self.remote}
+        self.remote = {}
+        for (name, creation), groups in buckets.items():
+            if name != self.node.name and nodes.get(name, (None,))[0] == creation:
+                self.remote[name] = (creation, {g: list(m) for g, m in groups.items() if m})
+        self.cache.clear()
+        for name in set(before) | set(self.remote):
+            self._diff_events(before.get(name, {}), self._visible_groups(name))
+        self._discover(nodes)
+
+    def _apply_event(self, event: tuple[Any, ...]) -> None:
+        kind, name, creation = event[0], event[1], event[2]
+        if name == self.node.name:
+            return
+        if kind == "node_up":
+            known = self.remote.get(name)
+            if known is None or known[0] != creation:
+                self._replace_node(name, (creation, {}))
+            self._discover({name: (creation, event[3])})
+        elif kind == "node_down":
+            known = self.remote.get(name)
+            if known is not None and known[0] == creation:
+                self._replace_node(name, None)
+        elif kind in ("join", "leave"):
+            self._apply_membership(kind, name, creation, event[3], event[4])
+
+    def _apply_membership(self, kind: str, name: str, creation: int, group: Any, pids: list[Pid]) -> None:
+        known = self.remote.get(name)
+        if known is None or known[0] < creation:
+            self._replace_node(name, (creation, {}))
+            known = self.remote[name]
+        elif known[0] != creation:
+            return  # a stale incarnation's update
+        buckets = known[1]
+        if kind == "join":
+            buckets.setdefault(group, []).extend(pids)
+        else:
+            members = buckets.get(group, [])
+            for pid in pids:
+                if pid in members:
+                    members.remove(pid)
+            if not members:
+                buckets.pop(group, None)
+        if self._visible(name, creation):
+            self._changed(group, kind, pids)
+
+    def _replace_node(self, name: str, entry: tuple[int, dict[Any, list[Pid]]] | None) -> None:
+        before = self._visible_groups(name)
+        if entry is None:
+            self.remote.pop(name, None)
+        else:
+            self.remote[name] = entry
+        self.cache.clear()
+        self._diff_events(before, self._visible_groups(name))
+
+    def _visible_groups(self, name: str) -> dict[Any, list[Pid]]:
+        entry = self.remote.get(name)
+        if entry is None or not self._visible(name, entry[0]):
+            return {}
+        return {group: list(pids) for group, pids in entry[1].items()}
+
+    def visibility_changed(self, name: str, was: dict[Any, list[Pid]]) -> None:
+        """A mesh connection to ``name`` came or went: re-derive its groups."""
+        self.cache.clear()
+        self._diff_events(was, self._visible_groups(name))
+
+    def _diff_events(self, before: dict[Any, list[Pid]], after: dict[Any, list[Pid]]) -> None:
+        for group in set(before) | set(after):
+            old, new = before.get(group, []), after.get(group, [])
+            gone = _minus(old, new)
+            came = _minus(new, old)
+            if gone:
+                self._changed(group, "leave", gone)
+            if came:
+                self._changed(group, "join", came)
+
+    def _discover(self, nodes: dict[str, tuple[int, Any]]) -> None:
+        dist = self.node.dist
+        if dist is None or getattr(dist, "hidden", False):
+            return
+        for name, (_creation, address) in nodes.items():
+            if name != self.node.name and address is not None:
+                dist.connect_soon(name, tuple(address))
+
+    # -- monitors -------------------------------------------------------------
+
+    def monitor(self, watcher: Pid, group: Any) -> tuple[Ref, list[Pid]]:
+        ref = self.node.make_ref()
+        self.monitors[ref] = (watcher, group)
+        return ref, self.members(group)
+
+    def demonitor(self, ref: Ref) -> bool:
+        return self.monitors.pop(ref, None) is not None
+
+    def _changed(self, group: Any, kind: str, pids: list[Pid]) -> None:
+        self.cache.pop(group, None)
+        if not self.monitors:
+            return
+        for ref, (watcher, watched) in list(self.monitors.items()):
+            if watched == group:
+                if watcher not in self.node.procs:
+                    del self.monitors[ref]
+                    continue
+                send(watcher, Event(ref, kind, group, list(pids)))
+
+    def handle_info(self, msg: Any) -> None:
+        pass
+
+
+def _minus(a: Iterable[Pid], b: list[Pid]) -> list[Pid]:
+    rest = list(b)
+    out = []
+    for pid in a:
+        if pid in rest:
+            rest.remove(pid)
+        else:
+            out.append(pid)
+    return out
+
+
+def get_scope() -> Scope:
+    node = _nodemod.get()
+    scope = getattr(node, "pg_scope", None)
+    if scope is None:
+        raise RuntimeError("pg is not running on this node")
+    return scope  # type: ignore[no-any-return]
+
+

@@ -1,0 +1,113 @@
+"""Starting pg on a node: the scope actor, its mesh listeners, the service client.
+
+``cluster=None``: a standalone node (no service started or contacted).
+``cluster="local"``: the default local cluster at 127.0.0.1:4370, starting the
+service there if none answers, as epmd is started by the first node.
+``cluster="HOST:PORT"``: the service at that address.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from multiprocessing import AuthenticationError
+from typing import Any
+
+from .._errors import HermesError
+from ..runtime import spawn
+from ..runtime._node import Node
+from ._client import ServiceClient
+from ._scope import Scope, get_scope
+from ._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process
+
+log = logging.getLogger("hermes.pg")
+SERVICE_IDLE_EXIT = 60.0  # a service a node started by itself outlives its last node by this
+
+
+def parse_cluster(cluster: str) -> tuple[str, int]:
+    if cluster == "local":
+        return ("127.0.0.1", DEFAULT_PORT)
+    host, sep, port = cluster.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"cluster is 'local' or 'HOST:PORT', not {cluster!r}")
+    return (host, int(port))
+
+
+class PgService:
+    """What ``run`` keeps to stop pg: the service client, if any."""
+
+    def __init__(self, node: Node, client: ServiceClient | None) -> None:
+        self.node = node
+        self.client = client
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.node.loop.run_in_executor(None, self.client.close)
+
+
+async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.0, **_: Any) -> PgService:
+    spawn(Scope)
+    scope = get_scope()
+    dist = node.dist
+    if dist is not None:
+        dist.up_listeners.append(lambda name, peer: scope.visibility_changed(name, {}))
+        dist.down_listeners.append(lambda name, creation: _node_lost(scope, name, creation))
+    if cluster is None or dist is None:
+        return PgService(node, None)
+    address = parse_cluster(cluster)
+    if dist.hidden:  # a hidden node only looks names up; it never registers
+        dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name))
+        return PgService(node, None)
+    await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl)
+    loop = node.loop
+
+    def on_event(kind: str, payload: Any) -> None:  # called on the client's threads
+        loop.call_soon_threadsafe(scope.apply_feed, kind, payload)
+
+    client = ServiceClient(address, dist.cookie, node.name, node.creation, tuple(dist.local.address),
+                           on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl)
+    scope.client = client
+    dist.resolvers.append(lambda name: _address_of(client, name))
+    client.start()
+    return PgService(node, client)
+
+
+def _node_lost(scope: Scope, name: str, creation: int) -> None:
+    entry = scope.remote.get(name)
+    was = {g: list(p) for g, p in entry[1].items()} if entry is not None and entry[0] == creation else {}
+    scope.visibility_changed(name, was)
+
+
+def _address_of(client: ServiceClient, name: str) -> tuple[str, int] | None:
+    entry = client.nodes().get(name)
+    return tuple(entry[1]) if entry is not None and entry[1] is not None else None  # type: ignore[return-value]
+
+
+def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, int] | None:
+    """Ask the service where ``name`` listens (blocking, brief: hidden nodes only)."""
+    try:
+        conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup")
+    except (HermesError, OSError, AuthenticationError):
+        return None
+    try:
+        entry = conn.call("nodes").get(name)
+    except (HermesError, OSError):
+        return None
+    finally:
+        conn.close()
+    return tuple(entry[1]) if entry is not None and entry[1] is not None else None  # type: ignore[return-value]
+
+
+def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float) -> None:
+    """Blocking (run in a thread): make sure a service answers at ``address``."""
+    if ping_service(address, cookie):
+        return
+    if not may_start:
+        log.warning("no pg service answers at %s:%d yet; the node will keep trying", *address)
+        return
+    try:
+        start_service_process(address[0], address[1], cookie, lease_ttl=lease_ttl,
+                              idle_exit=SERVICE_IDLE_EXIT, detached=True)
+        log.info("started the local pg service at %s:%d", *address)
+    except (HermesError, OSError, RuntimeError) as exc:  # another node started it first
+        if not ping_service(address, cookie, timeout=2.0):
+            raise HermesError(f"no pg service at {address[0]}:{address[1]} and could not start one") from exc

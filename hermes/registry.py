@@ -1,0 +1,205 @@
+"""Registry: a local key -> [(pid, value)] table owned by a Registry actor.
+
+As Elixir's ``Registry``: a key may hold many entries (``keys="duplicate"``,
+the pubsub case) or one (``keys="unique"``); only the caller registers itself;
+reads (``lookup``, ``dispatch``, ``count``, ``keys``, ``match``) go straight to
+the table, as Elixir reads ETS, with no message round trip.
+
+The registry monitors its registrants through the runtime's exit hook: the
+moment an actor exits (normally, by crash or by ``kill``) its entries are
+gone, before anything else can observe the table. The table lives as long as
+its Registry actor: stopping the actor drops it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from ._errors import HermesError, NotInActor
+from .runtime import Actor, Pid, register as register_name, spawn
+from .runtime import _node as _nodemod
+from .runtime._process import Process, current
+
+DEFAULT = "hermes.registry"
+KINDS = ("duplicate", "unique")
+
+
+class AlreadyRegisteredError(HermesError):
+    """A unique key is held by another live actor (``.pid``)."""
+
+    def __init__(self, key: Any, pid: Pid) -> None:
+        self.key = key
+        self.pid = pid
+        super().__init__(f"key {key!r} is already registered by {pid}")
+
+
+class Registry(Actor):
+    """Owns one table. Started by ``start``; found by name through ``_tables``."""
+
+    def __init__(self, name: str, keys: str = "duplicate") -> None:
+        if keys not in KINDS:
+            raise ValueError(f"keys must be one of {KINDS}, not {keys!r}")
+        self.name = name
+        self.unique = keys == "unique"
+        self.table: dict[Any, dict[Pid, list[Any]]] = {}  # key -> pid -> values, in registration order
+        self.by_pid: dict[Pid, list[Any]] = {}  # pid -> its keys (one per entry)
+        node = _nodemod.get()
+        _tables(node)[name] = self
+        register_name(name)
+        if _forget not in node.exit_hooks:
+            node.exit_hooks.append(_forget)
+
+    def terminate(self, reason: Any) -> None:
+        _tables(_nodemod.get()).pop(self.name, None)
+
+    # -- writes (called in the registrant's context) --------------------------
+
+    def add(self, pid: Pid, key: Any, value: Any) -> None:
+        entries = self.table.get(key)
+        if entries is None:
+            entries = self.table[key] = {}
+        elif self.unique and entries and pid not in entries:
+            raise AlreadyRegisteredError(key, next(iter(entries)))
+        elif self.unique and pid in entries:
+            raise AlreadyRegisteredError(key, pid)
+        entries.setdefault(pid, []).append(value)
+        self.by_pid.setdefault(pid, []).append(key)
+
+    def remove(self, pid: Pid, key: Any, keep: Callable[[Any], bool] | None = None) -> int:
+        entries = self.table.get(key)
+        if not entries or pid not in entries:
+            return 0
+        values = entries[pid]
+        kept = [v for v in values if keep(v)] if keep is not None else []
+        removed = len(values) - len(kept)
+        if kept:
+            entries[pid] = kept
+        else:
+            del entries[pid]
+            if not entries:
+                del self.table[key]
+        keys = self.by_pid[pid]
+        for _ in range(removed):
+            keys.remove(key)
+        if not keys:
+            del self.by_pid[pid]
+        return removed
+
+    def forget(self, pid: Pid) -> None:
+        for key in set(self.by_pid.pop(pid, ())):
+            entries = self.table.get(key)
+            if entries is not None:
+                entries.pop(pid, None)
+                if not entries:
+                    del self.table[key]
+
+
+def _tables(node: Any) -> dict[str, Registry]:
+    tables = getattr(node, "registries", None)
+    if tables is None:
+        tables = node.registries = {}
+    return tables  # type: ignore[no-any-return]
+
+
+def _forget(proc: Process) -> None:
+    """Exit hook: drop every entry of an exiting actor, in every registry."""
+    for reg in _nodemod.get().registries.values():  # type: ignore[attr-defined]
+        if proc.pid in reg.by_pid:
+            reg.forget(proc.pid)
+
+
+def _table(registry: str | None) -> Registry:
+    name = registry or DEFAULT
+    try:
+        return _nodemod.get().registries[name]  # type: ignore[attr-defined,no-any-return]
+    except (AttributeError, KeyError):
+        raise HermesError(f"no registry named {name!r} runs on this node") from None
+
+
+def _caller() -> Pid:
+    proc = current.get()
+    if proc is None:
+        raise NotInActor("only an actor can register itself")
+    return proc.pid
+
+
+# -- the public API -----------------------------------------------------------
+
+def start(name: str, keys: str = "duplicate") -> Pid:
+    """Start a Registry actor registered under ``name``."""
+    if keys not in KINDS:
+        raise ValueError(f"keys must be one of {KINDS}, not {keys!r}")
+    node = _nodemod.get()
+    if name in _tables(node):
+        raise ValueError(f"a registry named {name!r} is already running")
+    pid = spawn(Registry, name, keys)
+    if name not in _tables(node):
+        raise HermesError(f"registry {name!r} failed to start")
+    return pid
+
+
+def register(key: Any, value: Any = None, *, registry: str | None = None) -> None:
+    """Register the caller under ``key`` with ``value`` (again for another entry)."""
+    _table(registry).add(_caller(), key, value)
+
+
+def unregister(key: Any, *, registry: str | None = None) -> None:
+    """Remove all of the caller's entries under ``key`` (no-op if none)."""
+    _table(registry).remove(_caller(), key)
+
+
+def unregister_match(key: Any, pattern: Any, *, registry: str | None = None) -> None:
+    """Remove the caller's entries under ``key`` whose value matches ``pattern``."""
+    test = _matcher(pattern)
+    _table(registry).remove(_caller(), key, keep=lambda value: not test(value))
+
+
+def lookup(key: Any, *, registry: str | None = None) -> list[tuple[Pid, Any]]:
+    """``[(pid, value)]`` registered under ``key``, in registration order per pid."""
+    entries = _table(registry).table.get(key)
+    if not entries:
+        return []
+    return [(pid, value) for pid, values in entries.items() for value in values]
+
+
+def dispatch(key: Any, fn: Callable[[list[tuple[Pid, Any]]], Any], *, registry: str | None = None) -> None:
+    """Call ``fn(entries)`` in the caller with the entries under ``key``, if any."""
+    entries = lookup(key, registry=registry)
+    if entries:
+        fn(entries)
+
+
+def count(key: Any, *, registry: str | None = None) -> int:
+    entries = _table(registry).table.get(key)
+    return sum(len(values) for values in entries.values()) if entries else 0
+
+
+def keys(pid: Pid, *, registry: str | None = None) -> list[Any]:
+    """The keys ``pid`` is registered under (a key twice if registered twice)."""
+    return list(_table(registry).by_pid.get(pid, ()))
+
+
+def match(key: Any, pattern: Any, *, registry: str | None = None) -> list[tuple[Pid, Any]]:
+    """Entries under ``key`` whose value matches ``pattern`` (a predicate, or equal)."""
+    test = _matcher(pattern)
+    return [(pid, value) for pid, value in lookup(key, registry=registry) if test(value)]
+
+
+def values(key: Any, pid: Pid, *, registry: str | None = None) -> list[Any]:
+    entries = _table(registry).table.get(key)
+    return list(entries.get(pid, ())) if entries else []
+
+
+def all_keys(*, registry: str | None = None) -> Iterable[Any]:
+    return list(_table(registry).table)
+
+
+def _matcher(pattern: Any) -> Callable[[Any], bool]:
+    if callable(pattern):
+        return pattern  # type: ignore[no-any-return]
+    return lambda value: value == pattern
+
+
+async def start_default(node: Any, **_: Any) -> None:
+    """Layer start hook for ``run``: every node has a default duplicate registry."""
+    start(DEFAULT, keys="duplicate")
+    return None

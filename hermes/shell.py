@@ -1,0 +1,180 @@
+"""``python -m hermes shell``: an interactive node, like ``iex --sname alice``.
+
+The node runs on a background thread; the console reads lines on the main
+thread and hands each compiled chunk to the *shell actor*, a function actor
+that executes it, so inside the shell ``self()`` is the shell's pid,
+``subscribe`` and ``receive`` work, and top-level ``await`` is allowed.
+The shell actor never reads its own mailbox: messages stay there for
+``receive()`` or ``flush()``, as in iex.
+
+``--remote NAME@HOST`` starts a hidden node, spawns a shell actor on the
+running node and sends each chunk there; its output comes back.
+"""
+from __future__ import annotations
+
+import ast
+import asyncio
+import code
+import concurrent.futures
+import contextlib
+import io
+import threading
+import traceback
+import types
+from typing import Any
+
+import hermes
+
+from ._app import full_name, run_async
+from .runtime import _node as _nodemod
+from .runtime._process import current
+
+BANNER = ("Hermes shell on {node} (Python {version}). Top-level await works; "
+          "flush() prints and empties this shell's mailbox. Ctrl-D quits.")
+_shells: dict[Any, Shell] = {}
+
+
+class Shell:
+    """A shell actor's state on its node: namespace and the queue of chunks to run."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[Any, asyncio.Future[Any], bool]] = asyncio.Queue()
+        self.namespace: dict[str, Any] = {"__name__": "__console__", "hermes": hermes, "flush": flush}
+        exec("from hermes import *", self.namespace)  # noqa: S102 - the shell's own namespace
+
+
+def flush() -> None:
+    """Print and remove every message in the shell's mailbox (iex's ``flush``)."""
+    proc = current.get()
+    if proc is None:
+        raise hermes.NotInActor("flush() is for the shell")
+    while proc.mailbox:
+        print(f"Shell got {proc.mailbox.popleft()!r}")
+
+
+async def shell_actor(ready: concurrent.futures.Future[Any] | None = None) -> None:
+    """The shell actor: run chunks in order, inside this actor."""
+    shell = Shell()
+    pid = hermes.self()
+    _shells[pid] = shell
+    if ready is not None:
+        ready.set_result(pid)
+    try:
+        while True:
+            chunk, done, capture = await shell.queue.get()
+            done.set_result(await _execute(shell, chunk, capture))
+    finally:
+        _shells.pop(pid, None)
+
+
+async def _execute(shell: Shell, chunk: Any, capture: bool) -> tuple[str, str]:
+    """Run one chunk; returns (captured output, error text)."""
+    out = io.StringIO()
+    redirect = contextlib.redirect_stdout(out) if capture else contextlib.nullcontext()
+    with redirect:
+        try:
+            if isinstance(chunk, str):
+                chunk = compile(chunk, "<shell>", "single", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            result = types.FunctionType(chunk, shell.namespace)()
+            if asyncio.iscoroutine(result):
+                await result
+        except SystemExit:
+            raise
+        except BaseException:  # show it, as a console does; the shell lives on
+            return out.getvalue(), traceback.format_exc()
+    return out.getvalue(), ""
+
+
+async def remote_eval(shell_pid: Any, source: str) -> tuple[str, str]:
+    """Run on the attached node (by ``rpc``): queue ``source`` for its shell actor."""
+    shell = _shells.get(shell_pid)
+    if shell is None:
+        return "", f"the shell actor {shell_pid} is gone\n"
+    done = asyncio.get_running_loop().create_future()
+    shell.queue.put_nowait((source, done, True))
+    return await done  # type: ignore[no-any-return]
+
+
+class _Console(code.InteractiveConsole):
+    def __init__(self, loop: asyncio.AbstractEventLoop, run_chunk: Any) -> None:
+        super().__init__()
+        self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        self.loop = loop
+        self.run_chunk = run_chunk
+
+    def runsource(self, source: str, filename: str = "<input>", symbol: str = "single") -> bool:
+        try:
+            compiled = self.compile(source, filename, symbol)
+        except (OverflowError, SyntaxError, ValueError):
+            self.showsyntaxerror(filename)
+            return False
+        if compiled is None:
+            return True
+        try:
+            output, error = asyncio.run_coroutine_threadsafe(self.run_chunk(source, compiled), self.loop).result()
+        except KeyboardInterrupt:
+            self.write("KeyboardInterrupt\n")
+            return False
+        if output:
+            self.write(output)
+        if error:
+            self.write(error)
+        return False
+
+
+def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cookie: str | None = None,
+              cluster: str | None = None, remote: str | None = None) -> None:
+    if remote is None and name is None:
+        raise SystemExit("shell: give --name NAME (or --remote NAME@HOST)")
+    hidden = remote is not None
+    node_name = name or f"remsh-{threading.get_ident() % 100000}"
+    started: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    stopped = threading.Event()
+
+    async def main() -> None:
+        node = _nodemod.get()
+        if remote is None:
+            pid = hermes.spawn(shell_actor, started)
+            await asyncio.wrap_future(started)
+        else:
+            if not await hermes.connect(remote):
+                started.set_exception(SystemExit(f"shell: cannot reach {remote}"))
+                return
+            pid = hermes.spawn(shell_actor, None, node=remote)
+            started.set_result(pid)
+        started_node.set_result(node)
+        await asyncio.Event().wait()
+
+    started_node: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def node_thread() -> None:
+        try:
+            asyncio.run(run_async(main, name=node_name, cookie=cookie, cluster=cluster or ("local" if hidden else None),
+                                  host=host, port=port, hidden=hidden))
+        except BaseException as exc:  # report start failures to the console thread
+            if not started.done():
+                started.set_exception(exc)
+        finally:
+            stopped.set()
+
+    thread = threading.Thread(target=node_thread, name="hermes-node", daemon=True)
+    thread.start()
+    shell_pid = started.result(timeout=30)
+    node = started_node.result(timeout=30)
+
+    async def run_chunk(source: str, compiled: Any) -> tuple[str, str]:
+        if remote is not None:
+            return await hermes.rpc(remote, remote_eval, shell_pid, source, timeout=None)  # type: ignore[no-any-return]
+        done = node.loop.create_future()
+        _shells[shell_pid].queue.put_nowait((compiled, done, False))
+        return await done  # type: ignore[no-any-return]
+
+    import sys
+
+    console = _Console(node.loop, run_chunk)
+    where = remote or full_name(node_name)
+    try:
+        console.interact(banner=BANNER.format(node=where, version=sys.version.split()[0]), exitmsg="")
+    finally:
+        node.loop.call_soon_threadsafe(node.request_stop)
+        stopped.wait(10)
