@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 import threading
+import time
 from typing import Any, Callable
 
 from .runtime import _node as _nodemod
@@ -24,6 +24,12 @@ def full_name(name: str) -> str:
     if not name or name.startswith("@"):
         raise ValueError(f"invalid node name {name!r}")
     return name if "@" in name else f"{name}@{default_host()}"
+
+
+def new_creation() -> int:
+    """An incarnation number that grows across restarts (microseconds since the
+    epoch), so the service and the replicas always prefer the newest start."""
+    return time.time_ns() // 1000
 
 
 def run(main: Callable[..., Any] | None = None, *args: Any, name: str, cookie: str | bytes | None = None,
@@ -42,7 +48,7 @@ async def run_async(main: Callable[..., Any] | None = None, *args: Any, name: st
     if _nodemod._node is not None:
         raise RuntimeError("a Hermes node is already running in this process")
     loop = asyncio.get_running_loop()
-    node = Node(full_name(name), loop, creation=secrets.randbits(31) or 1)
+    node = Node(full_name(name), loop, creation=new_creation())
     _nodemod.set_node(node)
     stop = asyncio.Event()
     node.request_stop = stop.set

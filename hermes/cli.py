@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         from .dist._cookie import resolve_cookie
         from .pg._service import serve
 
-        serve(args.host, args.port, cookie=resolve_cookie(args.cookie).value, lease_ttl=args.lease_ttl)
+        from .dist._manager import is_loopback
+
+        cookie = resolve_cookie(args.cookie)
+        if not is_loopback(args.host) and cookie.source == "generated":
+            raise SystemExit("refusing to serve on a non-loopback interface with a cookie made up just now: "
+                             "pass --cookie, set HERMES_COOKIE or write ~/.hermes/cookie")
+        serve(args.host, args.port, cookie=cookie.value, lease_ttl=args.lease_ttl)
     elif args.command == "node":
         from .cluster._nodeproc import run_node
 

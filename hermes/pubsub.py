@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from . import pg, registry
+from ._errors import HermesError
 from .dist._codec import dumps, loads
 from .runtime import Actor, Pid
 from .runtime import _node as _nodemod
@@ -82,7 +83,7 @@ def _server(pubsub: str | None) -> PGServer:
     try:
         return _instances()[name]
     except KeyError:
-        raise LookupError(f"no PubSub named {name!r} runs on this node") from None
+        raise HermesError(f"no PubSub named {name!r} runs on this node") from None
 
 
 def _deliver_local(registry_name: str, topic: Any, msg: Any, exclude: Pid | None) -> None:

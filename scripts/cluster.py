@@ -78,8 +78,10 @@ def up(state: Path, names: list[str], host: str, port: int, timeout: float) -> i
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         report = _query(host, port, cookie, expected)
-        if all(sorted([n, *info.get("nodes", [])]) == expected for n, info in report.items()) and \
-                len(report) == len(expected):
+        group = repr(hermes.pubsub.group_of(hermes.pubsub.DEFAULT))
+        if len(report) == len(expected) and all(
+                sorted([n, *info.get("nodes", [])]) == expected and info.get("groups", {}).get(group) == len(expected)
+                for n, info in report.items()):
             print(f"cluster up: {', '.join(expected)} (service {host}:{port}, state in {state})")
             return 0
         time.sleep(0.2)

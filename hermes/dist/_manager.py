@@ -33,11 +33,12 @@ from ..runtime._api import rpc_body
 from ..runtime._messages import NodeUp
 from ..runtime._node import Node
 from ..runtime._pid import Pid, Ref
-from ._connection import Connection, PeerInfo, open_connection, start_listener
+from ._connection import Connection, PeerInfo, PeerRefusedError, open_connection, start_listener
 from ._cookie import resolve_cookie
 
 log = logging.getLogger("hermes.dist")
 
+LOCAL_CLOSE_REASONS = ("disconnect", "node stopping", "duplicate", "replaced by a new incarnation")
 REMOTE_SPAWN_BASE = 1 << 40  # ids chosen by a spawning peer: never clash with the local counter
 
 
@@ -58,7 +59,7 @@ class Distribution:
         self.pending: dict[str, asyncio.Future[bool]] = {}
         self.hidden_peers: set[str] = set()
         self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
-        self.down_listeners: list[Callable[[str, int], None]] = []
+        self.down_listeners: list[Callable[[str, int, bool], None]] = []  # name, creation, lost?
         self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
         self.up_watchers: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -201,7 +202,7 @@ class Distribution:
         try:
             conn = await open_connection(self, address[0], address[1], local=self.local, cookie=self.cookie,
                                          timeout=self.connect_timeout, **self.options)
-        except ConnectionRefusedError:
+        except PeerRefusedError:
             # refused at the handshake: a duplicate (we may be connected the other way)
             return await self._wait_connected(expect)
         except (OSError, TimeoutError, HermesError) as exc:
@@ -278,8 +279,9 @@ class Distribution:
         self.hidden_peers.discard(peer.name)
         log.info("node %s lost connection to %s: %s", self.node.name, peer.name, reason)
         self.node.node_down(peer.name)
+        lost = reason not in LOCAL_CLOSE_REASONS  # the peer vanished, we did not hang up
         for listener in self.down_listeners:
-            listener(peer.name, peer.creation)
+            listener(peer.name, peer.creation, lost)
 
     def frame_received(self, conn: Connection, frame: Any) -> None:
         try:

@@ -20,7 +20,8 @@ from ._scope import Scope, get_scope
 from ._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process
 
 log = logging.getLogger("hermes.pg")
-SERVICE_IDLE_EXIT = 60.0  # a service a node started by itself outlives its last node by this
+SERVICE_IDLE_EXIT = 60.0
+RECONCILE_INTERVAL = 1.0  # seconds between checks of the mesh against the directory  # a service a node started by itself outlives its last node by this
 
 
 def parse_cluster(cluster: str) -> tuple[str, int]:
@@ -38,8 +39,11 @@ class PgService:
     def __init__(self, node: Node, client: ServiceClient | None) -> None:
         self.node = node
         self.client = client
+        self.reconciler: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
+        if self.reconciler is not None:
+            self.reconciler.cancel()
         if self.client is not None:
             await self.node.loop.run_in_executor(None, self.client.close)
 
@@ -50,7 +54,7 @@ async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.
     dist = node.dist
     if dist is not None:
         dist.up_listeners.append(lambda name, peer: scope.visibility_changed(name, {}))
-        dist.down_listeners.append(lambda name, creation: _node_lost(scope, name, creation))
+        dist.down_listeners.append(lambda name, creation, lost: _node_lost(scope, name, creation))
     if cluster is None or dist is None:
         return PgService(node, None)
     address = parse_cluster(cluster)
@@ -67,8 +71,22 @@ async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.
                            on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl)
     scope.client = client
     dist.resolvers.append(lambda name: _address_of(client, name))
+    dist.down_listeners.append(lambda name, creation, lost: lost and client.report_down(name, creation))
     client.start()
-    return PgService(node, client)
+    service = PgService(node, client)
+    service.reconciler = loop.create_task(_reconcile(dist, client, RECONCILE_INTERVAL))
+    return service
+
+
+async def _reconcile(dist: Any, client: ServiceClient, interval: float) -> None:
+    """Discovery that keeps going (libcluster's polling, not LocalEpmd's one shot):
+    connect to every node the directory lists that we are not connected to, so a
+    peer dropped by ticks while it was frozen or busy is found again."""
+    while True:
+        await asyncio.sleep(interval)
+        for name, (_creation, address) in client.nodes().items():
+            if address is not None and name not in dist.conns:
+                dist.connect_soon(name, tuple(address))
 
 
 def _node_lost(scope: Scope, name: str, creation: int) -> None:
