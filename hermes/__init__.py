@@ -11,14 +11,14 @@ from .cluster import LocalCluster
 from .pubsub import broadcast_local, publish, subscribe, subscribers, unsubscribe
 from ._errors import ActorExited, HermesError, NoNode, NotInActor, RemoteError, SerializationError
 from .runtime import (NOREPLY, Actor, Down, Exit, NodeDown, NodeUp, Pid, Ref, Supervisor, call, cast,
-                      connect, demonitor, disconnect, exit, link, monitor, monitor_node, node, nodes,
+                      connect, demonitor, disconnect, exit, link, monitor, monitor_node, monitor_nodes, node, nodes,
                       receive, register, reply, rpc, self, send, spawn, trap_exits, unlink, unregister,
                       whereis)
 
 __all__ = [
     "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NoNode", "NodeDown", "NodeUp", "NotInActor",
     "Pid", "Ref", "RemoteError", "SerializationError", "Supervisor", "call", "cast", "connect",
-    "demonitor", "disconnect", "exit", "link", "monitor", "monitor_node", "node", "nodes", "receive",
+    "demonitor", "disconnect", "exit", "link", "monitor", "monitor_node", "monitor_nodes", "node", "nodes", "receive",
     "register", "reply", "rpc", "run", "self", "send", "spawn", "trap_exits", "unlink", "unregister",
     "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
     "subscribers",

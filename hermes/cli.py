@@ -13,6 +13,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
     parser.add_argument("--cookie", default=None, help="cluster cookie (else HERMES_COOKIE, ~/.hermes/cookie)")
     parser.add_argument("--cluster", default=None, help="'local' or HOST:PORT of the pg service")
+    parser.add_argument("--peers", default=None,
+                        help="static discovery: comma-separated HOST:PORT of nodes to stay connected to")
     parser.add_argument("--tick-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--lease-ttl", type=float, default=3.0, help=argparse.SUPPRESS)
 
@@ -46,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    name = getattr(args, "name", None) or "service"
+    remote = getattr(args, "remote", None)
+    name = getattr(args, "name", None) or (f"remsh {remote}" if remote else args.command)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
     if args.command == "service":
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
         run_node(args.name, host=args.host, port=args.port, cookie=args.cookie, cluster=args.cluster,
                  app=args.app, control_fd=args.control_fd, tick_interval=args.tick_interval,
-                 lease_ttl=args.lease_ttl)
+                 lease_ttl=args.lease_ttl, peers=args.peers.split(",") if args.peers else None)
     else:
         from .shell import run_shell
 

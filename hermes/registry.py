@@ -101,9 +101,13 @@ def _tables(node: Any) -> dict[str, Registry]:
 
 
 def _forget(proc: Process) -> None:
-    """Exit hook: drop every entry of an exiting actor, in every registry."""
-    for reg in _nodemod.get().registries.values():  # type: ignore[attr-defined]
-        if proc.pid in reg.by_pid:
+    """Exit hook: drop every entry of an exiting actor, in every registry; and
+    the table of an exiting Registry actor (``kill`` skips ``terminate``)."""
+    tables = _nodemod.get().registries  # type: ignore[attr-defined]
+    for name, reg in list(tables.items()):
+        if reg._hermes_proc is proc:
+            del tables[name]
+        elif proc.pid in reg.by_pid:
             reg.forget(proc.pid)
 
 

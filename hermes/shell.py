@@ -18,6 +18,7 @@ import code
 import concurrent.futures
 import contextlib
 import io
+import sys
 import threading
 import traceback
 import types
@@ -115,8 +116,9 @@ class _Console(code.InteractiveConsole):
         except KeyboardInterrupt:
             self.write("KeyboardInterrupt\n")
             return False
-        if output:
-            self.write(output)
+        if output:  # what a remote chunk printed: stdout, as a local chunk's print (write() is stderr)
+            sys.stdout.write(output)
+            sys.stdout.flush()
         if error:
             self.write(error)
         return False
@@ -140,7 +142,9 @@ def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cooki
             if not await hermes.connect(remote):
                 started.set_exception(SystemExit(f"shell: cannot reach {remote}"))
                 return
-            pid = hermes.spawn(shell_actor, None, node=remote)
+            # linked: when this shell goes (EOF, crash, lost connection), so does its actor
+            # there, with its subscriptions; iex's remote shell is linked the same way
+            pid = hermes.spawn(shell_actor, None, node=remote, link=True)
             started.set_result(pid)
         started_node.set_result(node)
         await asyncio.Event().wait()

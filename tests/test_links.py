@@ -264,6 +264,19 @@ def test_exit_signal_to_a_trapping_actor_becomes_an_exit_message():
     assert alive
 
 
+def test_exit_signal_and_message_from_one_sender_stay_in_order_for_a_trapping_actor():
+    async def main():
+        me = hermes.self()
+        a = hermes.spawn(agent, me)
+        await ask(a, lambda: hermes.trap_exits(True))
+        hermes.exit(a, "first")
+        hermes.send(a, "second")
+        return me, [await forwarded(a) for _ in range(2)]
+
+    me, got = run_node(main)
+    assert got == [hermes.Exit(me, "first"), "second"]
+
+
 def test_exit_signal_kills_a_non_trapping_actor_with_that_reason():
     async def main():
         a = hermes.spawn(agent, hermes.self())

@@ -138,13 +138,16 @@ class Harness:
         return client, replica
 
     def teardown(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
+        try:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGCONT)
+            for close in reversed(self.closers):   # clients first: they unregister and stop quietly
+                close()
+        finally:
+            for proc in self.procs:
                 proc.kill()
-            proc.wait(5)
-        for close in reversed(self.closers):
-            close()
+                proc.wait(5)
 
 
 @pytest.fixture
@@ -181,6 +184,19 @@ def test_register_and_snapshot(harness: Harness) -> None:
     assert conn.call("sync", "nobody", 1, {"g": [1]}) is None
     assert conn.call("unregister_node", "a@h", 1) is True
     assert conn.call("nodes") == {"b@h": (7, (HOST, 2))}
+
+
+@pytest.mark.timeout(30)
+def test_real_pids_are_opaque_members(harness: Harness) -> None:
+    from hermes.runtime._pid import Pid   # the service must be able to unpickle what nodes join
+
+    address = harness.service()
+    conn = harness.connect(address)
+    conn.call("register_node", "a@h", 1, (HOST, 1))
+    pid = Pid("a@h", 1, 42)
+    conn.call("update", "a@h", 1, [("join", ("hermes", "topic"), [pid, pid])])
+    members = conn.call("snapshot")[4][("a@h", 1)][("hermes", "topic")]
+    assert members == [pid, pid] and type(members[0]) is Pid
 
 
 @pytest.mark.timeout(30)

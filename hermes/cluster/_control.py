@@ -7,8 +7,10 @@ network. The channel doubles as the node's lifeline: when the driver dies
 or closes it, the node sees EOF on stdin and shuts down, so no node outlives
 its driver.
 
-Frame: 4-byte big-endian length + pickle of ``(request_id, fn, args, kwargs)``
-one way and ``(request_id, "ok" | "error", value)`` the other.
+Frame: 4-byte big-endian length + pickle of ``(request_id, body)`` one way
+and ``(request_id, "ok" | "error", value)`` the other. ``body`` is the pickle
+of ``(fn, args, kwargs)``, unpickled apart on the node's loop: a call the node
+cannot load (a module it lacks) is answered with that error, not fatal.
 """
 from __future__ import annotations
 
@@ -66,15 +68,15 @@ def encode_answer(request_id: int, kind: str, value: Any) -> bytes:
         return dumps((request_id, "error", RemoteError(f"the result could not be sent back: {exc}")))
 
 
-def serve_requests(run_request: Callable[[int, Any, tuple[Any, ...], dict[str, Any]], None],
+def serve_requests(run_request: Callable[[int, bytes], None],
                    on_eof: Callable[[], None]) -> threading.Thread:
     """In the node: read requests from stdin on a daemon thread; EOF -> ``on_eof``."""
 
     def reader() -> None:
         try:
             while True:
-                request_id, fn, args, kwargs = loads(read_frame(0))
-                run_request(request_id, fn, args, kwargs)
+                request_id, body = loads(read_frame(0))
+                run_request(request_id, body)
         except (EOFError, OSError):
             pass
         except Exception:

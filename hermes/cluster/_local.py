@@ -55,6 +55,7 @@ class LocalCluster:
         self.lease_ttl = lease_ttl
         self.startup_timeout = startup_timeout
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="hermes-cluster-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.service_address = ("127.0.0.1", free_port())
         self._service: subprocess.Popen[bytes] | None = None
         self._nodes: dict[str, _NodeProcess] = {}
@@ -84,8 +85,9 @@ class LocalCluster:
 
     def start_service(self) -> None:
         host, port = self.service_address
-        self._service = start_service_process(host, port, self.cookie.encode(), lease_ttl=self.lease_ttl,
-                                              detached=True)
+        # not detached: the service is SIGKILLed when the thread that started it dies
+        # (PR_SET_PDEATHSIG), so even a SIGKILLed driver leaves no service behind
+        self._service = start_service_process(host, port, self.cookie.encode(), lease_ttl=self.lease_ttl)
 
     def kill_service(self) -> None:
         if self._service is not None:
@@ -147,14 +149,16 @@ class LocalCluster:
 
     # -- talking to nodes -----------------------------------------------------
 
-    def rpc(self, name: str, fn: Callable[..., Any], *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
+    def rpc(self, name: str, fn: Callable[..., Any], /, *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
         """Run ``fn`` on that node as ``rpc`` does; return its result or raise its exception."""
         node = self._node(name)
         with node.lock:
             request_id = next(node.ids)
             kwargs["_hermes_timeout"] = timeout
             try:
-                _control.write_frame(node.proc.stdin.fileno(), dumps((request_id, fn, args, kwargs)))  # type: ignore[union-attr]
+                # the call is pickled apart, so a node that cannot unpickle it answers with the error
+                body = dumps((fn, args, kwargs))
+                _control.write_frame(node.proc.stdin.fileno(), dumps((request_id, body)))  # type: ignore[union-attr]
             except OSError as exc:
                 raise HermesError(f"node {node.name} is not running") from exc
             deadline = time.monotonic() + timeout + 1.0

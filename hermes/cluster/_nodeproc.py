@@ -34,7 +34,7 @@ def load_app(spec: str) -> Callable[..., Any]:
 
 def run_node(name: str, *, host: str = "127.0.0.1", port: int = 0, cookie: str | None = None,
              cluster: str | None = None, app: str | None = None, control_fd: int | None = None,
-             tick_interval: float = 1.0, lease_ttl: float = 3.0) -> None:
+             tick_interval: float = 1.0, lease_ttl: float = 3.0, peers: list[str] | None = None) -> None:
     main = load_app(app) if app else None
     ready = _attach_control(control_fd) if control_fd is not None else None
 
@@ -46,7 +46,7 @@ def run_node(name: str, *, host: str = "127.0.0.1", port: int = 0, cookie: str |
         await asyncio.Event().wait()  # run until stopped
 
     run(first_actor, name=name, cookie=cookie, cluster=cluster, host=host, port=port, ready=ready,
-        tick_interval=tick_interval, lease_ttl=lease_ttl)
+        tick_interval=tick_interval, lease_ttl=lease_ttl, peers=peers)
 
 
 def _attach_control(control_fd: int) -> Callable[[Any], None]:
@@ -55,8 +55,8 @@ def _attach_control(control_fd: int) -> Callable[[Any], None]:
     def ready(node: Any) -> None:
         loop = node.loop
 
-        def run_request(request_id: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(_start_request, node, control_fd, request_id, fn, args, kwargs)
+        def run_request(request_id: int, body: bytes) -> None:
+            loop.call_soon_threadsafe(_start_request, node, control_fd, request_id, body)
 
         def on_eof() -> None:
             loop.call_soon_threadsafe(node.request_stop)
@@ -67,12 +67,11 @@ def _attach_control(control_fd: int) -> Callable[[Any], None]:
     return ready
 
 
-def _start_request(node: Any, fd: int, request_id: int, fn: Any, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> None:
-    timeout = kwargs.pop("_hermes_timeout", None)
-
+def _start_request(node: Any, fd: int, request_id: int, body: bytes) -> None:
     async def answer() -> None:
         try:
+            fn, args, kwargs = _control.loads(body)  # e.g. ModuleNotFoundError: answered, not fatal
+            timeout = kwargs.pop("_hermes_timeout", None)
             value = await rpc(node.name, fn, *args, timeout=timeout, **kwargs)
             frame = _control.encode_answer(request_id, "ok", value)
         except Exception as exc:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .._errors import HermesError, RemoteError, SerializationError
 from ..runtime._api import rpc_body
-from ..runtime._messages import NodeUp
+from ..runtime._messages import NodeDown, NodeUp
 from ..runtime._node import Node
 from ..runtime._pid import Pid, Ref
 from ._connection import Connection, PeerInfo, PeerRefusedError, open_connection, start_listener
@@ -38,7 +38,10 @@ from ._cookie import resolve_cookie
 
 log = logging.getLogger("hermes.dist")
 
-LOCAL_CLOSE_REASONS = ("disconnect", "node stopping", "duplicate", "replaced by a new incarnation")
+# Closes that say nothing about the peer's health: we hung up, or it told us it hangs up.
+DELIBERATE_CLOSES = ("disconnect", "disconnected by peer", "node stopping", "duplicate",
+                     "replaced by a new incarnation")
+STALL = 1.0  # seconds: a loop that could not run this long was frozen, not its peers
 REMOTE_SPAWN_BASE = 1 << 40  # ids chosen by a spawning peer: never clash with the local counter
 
 
@@ -61,8 +64,21 @@ class Distribution:
         self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
         self.down_listeners: list[Callable[[str, int, bool], None]] = []  # name, creation, lost?
         self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
-        self.up_watchers: set[Pid] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._beat = node.loop.time()
+        self._stalled_at = float("-inf")
+        self._heartbeat = node.loop.call_later(STALL / 4, self._check_stall)
+
+    def _check_stall(self) -> None:
+        now = self.node.loop.time()
+        if now - self._beat > STALL:
+            self._stalled_at = now
+        self._beat = now
+        self._heartbeat = self.node.loop.call_later(STALL / 4, self._check_stall)
+
+    def _recently_stalled(self) -> bool:
+        now = self.node.loop.time()
+        return now - self._beat > STALL or now - self._stalled_at < 4 * STALL
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -75,9 +91,11 @@ class Distribution:
         return host, bound[1]
 
     async def stop(self) -> None:
+        self._heartbeat.cancel()
         if self.server is not None:
             self.server.close()
         for conn in list(self.conns.values()):
+            conn.send(("bye",))  # a clean stop is not a crash: peers need not report us
             conn.close("node stopping")
         for task in list(self._tasks):
             task.cancel()
@@ -102,7 +120,11 @@ class Distribution:
             return
         if conn.peer.creation != pid[1]:
             return  # an old incarnation's pid: dead
-        conn.send(("msg", pid, msg))
+        try:
+            conn.send(("msg", pid, msg))
+        except SerializationError:
+            self._check_picklable(msg)  # name the message's own type, not the frame's tuple
+            raise
 
     def send_signal(self, name: str, signal: tuple[Any, ...]) -> None:
         conn = self.conns.get(name)
@@ -113,7 +135,12 @@ class Distribution:
         if signal[0] == "reply":
             self._send_reply(conn, signal)
             return
-        conn.send(signal)
+        try:
+            conn.send(signal)
+        except SerializationError:
+            if signal[0] == "send_name":
+                self._check_picklable(signal[2])  # name the message's own type
+            raise
 
     def send_payload(self, name: str, payload: bytes) -> None:
         """Write an already pickled frame (the publish path pickles once)."""
@@ -185,6 +212,8 @@ class Distribution:
 
     async def connect_address(self, address: tuple[str, int], expect: str | None = None) -> bool:
         """Connect to whatever node listens at ``address`` (``expect``: its name)."""
+        if expect is None and self._connected_to(address):
+            return True
         key = expect or f"{address[0]}:{address[1]}"
         pending = self.pending.get(key)
         if pending is not None:
@@ -204,7 +233,7 @@ class Distribution:
                                          timeout=self.connect_timeout, **self.options)
         except PeerRefusedError:
             # refused at the handshake: a duplicate (we may be connected the other way)
-            return await self._wait_connected(expect)
+            return await self._wait_connected(expect, address)
         except (OSError, TimeoutError, HermesError) as exc:
             log.debug("connect to %s at %s failed: %r", expect, address, exc)
             return False
@@ -212,18 +241,39 @@ class Distribution:
             log.warning("node at %s is %s, not %s", address, conn.peer.name, expect)
         return True
 
-    async def _wait_connected(self, name: str | None, timeout: float = 1.0) -> bool:
-        if name is None:
-            return False
+    def _connected_to(self, address: tuple[str, int]) -> bool:
+        return any(c.peer is not None and tuple(c.peer.address) == tuple(address) for c in self.conns.values())
+
+    async def _wait_connected(self, name: str | None, address: tuple[str, int], timeout: float = 1.0) -> bool:
+        def done() -> bool:
+            return name in self.conns if name is not None else self._connected_to(address)
+
         deadline = self.node.loop.time() + timeout
-        while name not in self.conns and self.node.loop.time() < deadline:
+        while not done() and self.node.loop.time() < deadline:
             await asyncio.sleep(0.005)
-        return name in self.conns
+        return done()
+
+    def keep_connected(self, addresses: list[tuple[str, int]], interval: float = 1.0) -> None:
+        """Static discovery: connect to these addresses now and whenever the
+        node there is not connected (checked every ``interval`` seconds)."""
+
+        async def loop() -> None:
+            while True:
+                connected = {tuple(c.peer.address) for c in self.conns.values() if c.peer is not None}
+                for address in addresses:
+                    if address not in connected and address != tuple(self.local.address):
+                        await self.connect_address(address)
+                await asyncio.sleep(interval)
+
+        task = self.node.loop.create_task(loop())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def disconnect(self, name: str) -> bool:
         conn = self.conns.get(name)
         if conn is None:
             return False
+        conn.send(("bye",))  # written before the close: the peer knows we hung up on purpose
         conn.close("disconnect")
         return True
 
@@ -268,8 +318,7 @@ class Distribution:
         for listener in self.up_listeners:
             listener(peer.name, peer)
         if not peer.hidden:
-            for watcher in list(self.up_watchers):
-                self.node.send(watcher, NodeUp(peer.name))
+            self.node.notify_node_watchers(NodeUp(peer.name))
 
     def connection_closed(self, conn: Connection, reason: Any) -> None:
         peer = conn.peer
@@ -279,7 +328,11 @@ class Distribution:
         self.hidden_peers.discard(peer.name)
         log.info("node %s lost connection to %s: %s", self.node.name, peer.name, reason)
         self.node.node_down(peer.name)
-        lost = reason not in LOCAL_CLOSE_REASONS  # the peer vanished, we did not hang up
+        if not peer.hidden:
+            self.node.notify_node_watchers(NodeDown(peer.name))
+        # lost: the peer vanished. Not when we or it hung up, nor when *we* were the
+        # frozen one (a SIGSTOP or a long stall): then our peers dropped us.
+        lost = reason not in DELIBERATE_CLOSES and not self._recently_stalled()
         for listener in self.down_listeners:
             listener(peer.name, peer.creation, lost)
 
@@ -356,6 +409,10 @@ def _on_rpc(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> Non
     dist.node.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
 
 
+def _on_bye(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    conn.close("disconnected by peer")
+
+
 def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     for name, address in frame[1]:
         dist.connect_soon(name, tuple(address))
@@ -365,6 +422,7 @@ _HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]
     "msg": _on_msg, "send_name": _on_send_name, "reply": _on_reply, "exit": _on_exit,
     "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
     "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
+    "bye": _on_bye,
 }
 
 
@@ -379,8 +437,12 @@ def is_loopback(host: str) -> bool:
 
 async def start(node: Node, *, cookie: str | bytes | None, host: str = "127.0.0.1", port: int = 0,
                 hidden: bool = False, tick_interval: float = 1.0, max_frame: int = 64 * 2**20,
-                listen: bool = True, **_: Any) -> Distribution:
-    """Start distribution for ``node``: resolve the cookie and listen on ``host:port``."""
+                listen: bool = True, peers: list[str | tuple[str, int]] | None = None,
+                **_: Any) -> Distribution:
+    """Start distribution for ``node``: resolve the cookie and listen on ``host:port``.
+
+    ``peers``: the static discovery strategy, addresses ``"HOST:PORT"`` (or
+    tuples) that this node connects to and keeps reconnecting to."""
     resolved = resolve_cookie(cookie)
     if listen and not is_loopback(host) and resolved.source == "generated":
         raise HermesError(f"refusing to listen on {host} with a cookie made up just now: other machines "
@@ -391,7 +453,18 @@ async def start(node: Node, *, cookie: str | bytes | None, host: str = "127.0.0.
         await dist.listen(host, port)
     else:
         dist.local = PeerInfo(node.name, node.creation, (host, 0), hidden)
+    if peers:
+        dist.keep_connected([parse_address(p) for p in peers])
     return dist
+
+
+def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
+    if isinstance(address, tuple):
+        return (address[0], int(address[1]))
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"a peer address is HOST:PORT, not {address!r}")
+    return (host, int(port))
 
 
 __all__ = ["Distribution", "Ref", "start"]

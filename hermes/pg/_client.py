@@ -1,8 +1,10 @@
-"""A node's connection to the pg service: two daemon threads and a mirror.
+"""Talking to the pg service: one bounded connection, and a node's client (two threads).
 
-What it owns: this node's registration with the service (register, lease
-heartbeats, re-registration), the upload of its local memberships, and the
-download of everybody's (the change feed). It reports both to the node through
+What it owns: the wire (``ServiceConnection``: the manager protocol over a socket
+with TCP_NODELAY and OS-level I/O timeouts, so no call outlives ``timeout``, not
+even against a SIGSTOPped service), and a node's session with the service
+(``ServiceClient``): registration, lease heartbeats, the upload of its
+memberships and the download of everybody's. The node hears of it through
 ``on_event(kind, payload)``, called from the client's threads:
 
     ("service_up", None)            registered and synced on a (new) connection
@@ -10,50 +12,150 @@ download of everybody's (the change feed). It reports both to the node through
     ("events", [event, ...])        incremental, in version order
     ("service_down", None)          lost the service; the node's view is stale
 
-Per session the node sees ``service_up``, one ``snapshot``, ``events``...,
-``service_down``: one lock serializes the two threads' deliveries, and feed
-answers from another session are dropped.
+Per session: ``service_up``, one ``snapshot``, ``events``..., ``service_down``
+(one lock serializes the two threads' deliveries; feed answers from an ended
+session are dropped).
 
 Rules:
 
 - The *writer* thread owns the session: connect, ``register_node``, ``sync``,
   then batched ``update`` calls and heartbeats every lease_ttl/3. Any failure
   closes the connection (a dead server never comes back to an old connection),
-  reports ``service_down`` once and retries with backoff 0.1 s -> 1 s.
-- The *feed* thread long-polls ``changes`` on its own connection; it starts
-  with a snapshot after every ``service_up``. On failure it asks the writer to
-  probe at once, so a killed service is noticed within milliseconds.
+  reports ``service_down`` once, and retries with backoff 0.1 s -> 1 s.
+- The *feed* thread long-polls ``changes`` on its own connection, from a
+  snapshot after every ``service_up``. On failure it asks the writer to probe
+  at once, so a killed service is noticed within milliseconds.
 - The client keeps a *mirror* of the node's memberships, updated by ``push``
-  under the same lock that drains the queue. A resync sends the mirror and
-  drops the queue atomically; re-reading ``local_memberships()`` instead would
-  race with concurrent pushes and apply a join twice. ``local_memberships()``
-  seeds the mirror in ``start()``.
-- Every blocking call is bounded by ``call_timeout`` (socket-level), the long
-  poll by ``poll_timeout + call_timeout``.
+  under the lock that guards the queue, so a resync sends the mirror and drops
+  the queue atomically. (Re-reading ``local_memberships()`` at resync would race
+  with concurrent pushes and apply a join twice; it only seeds the mirror.)
 
 What it must not know: asyncio, actors, pids (members are opaque values).
 """
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import socket
+import struct
 import threading
 import time
-from multiprocessing import AuthenticationError, managers
+from multiprocessing import AuthenticationError, connection, managers
 from typing import Any, Callable
 
-from hermes._errors import HermesError
-from hermes.pg._service import ServiceConnection, ServiceUnavailable
+from hermes._errors import HermesError, SerializationError
 
-__all__ = ["ServiceClient"]
+__all__ = ["ServiceClient", "ServiceConnection", "ServiceUnavailable", "ping_service"]
 
 log = logging.getLogger(__name__)
 
+DIRECTORY_ID = "directory"   # the well-known manager ident under which the server pins the Directory
+Address = tuple[str, int]
 Change = tuple[str, Any, list[Any]]
 OnEvent = Callable[[str, Any], None]
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 1.0
 # After a non-empty feed answer, let events gather this long before polling again: under
 # churn it cuts the answers (and thread wake-ups) several-fold; a quiet feed still wakes at once.
 FEED_COALESCE = 0.01
+
+
+class ServiceUnavailable(HermesError, ConnectionError):
+    """The pg service could not be reached, or the connection to it broke or timed out."""
+
+
+# -- the wire: one bounded manager connection -------------------------------------------------
+
+
+def tune_socket(sock: socket.socket, io_timeout: float | None = None) -> None:
+    """TCP_NODELAY (a manager call is ~177 ms without it) and, optionally, OS-level I/O timeouts."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if io_timeout is not None:
+        # SO_RCVTIMEO/SO_SNDTIMEO, not settimeout(): multiprocessing.connection reads the
+        # raw fd with os.read, which needs a blocking fd; on timeout it raises BlockingIOError.
+        seconds = int(io_timeout)
+        timeval = struct.pack("@ll", seconds, int((io_timeout - seconds) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+class ServiceConnection:
+    """One authenticated manager connection bound to the Directory; every wait is bounded.
+
+    Not thread-safe: one connection per thread. ``abort()`` may be called from any
+    thread to wake a blocked call (it then fails with ``ServiceUnavailable``).
+    """
+
+    def __init__(self, address: Address, cookie: bytes, *, timeout: float = 2.0, name: str = "hermes-pg") -> None:
+        self.address = (address[0], int(address[1]))
+        try:
+            self._sock = socket.create_connection(self.address, timeout=timeout)
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot connect to the pg service at {self.address}: {exc}") from exc
+        try:
+            self._sock.settimeout(None)
+            tune_socket(self._sock, timeout)
+            self._conn = connection.Connection(os.dup(self._sock.fileno()))
+            connection.answer_challenge(self._conn, cookie)   # AuthenticationError: wrong cookie
+            connection.deliver_challenge(self._conn, cookie)
+            self._request(None, "accept_connection", (name,))
+        except (OSError, EOFError) as exc:
+            self.close()
+            raise ServiceUnavailable(f"pg service at {self.address}: handshake failed: {exc!r}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self._request(DIRECTORY_ID, method, args)
+
+    def abort(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if hasattr(self, "_conn"):
+            self._conn.close()
+        self._sock.close()
+
+    def _request(self, ident: str | None, method: str, args: tuple[Any, ...]) -> Any:
+        try:
+            data = pickle.dumps((ident, method, args, {}), pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:   # nothing was written: the connection stays usable
+            raise SerializationError("pg request", repr(exc)) from exc
+        try:
+            self._conn.send_bytes(data)
+            kind, result = self._conn.recv()
+        except (OSError, EOFError) as exc:
+            raise ServiceUnavailable(f"pg service at {self.address}: {method} failed: {exc!r}") from exc
+        if kind == "#RETURN":
+            return result
+        raise managers.convert_to_error(kind, result)
+
+
+def ping_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
+    """True if a pg service answers at ``address`` with this cookie (within ``timeout``)."""
+    try:
+        conn = ServiceConnection(address, cookie, timeout=timeout, name="hermes-ping")
+    except (ServiceUnavailable, connection.AuthenticationError, managers.RemoteError) as exc:
+        log.debug("no pg service at %s: %r", address, exc)
+        return False
+    try:
+        return isinstance(conn.call("ping"), str)
+    except (ServiceUnavailable, managers.RemoteError) as exc:
+        log.debug("pg service at %s did not answer ping: %r", address, exc)
+        return False
+    finally:
+        conn.close()
+
+
+# -- the node's client ---------------------------------------------------------------------------
+
+
 # What ends a session: the service went away, refused us, or answered nonsense.
 _SESSION_ERRORS = (ServiceUnavailable, AuthenticationError, managers.RemoteError, HermesError)
 

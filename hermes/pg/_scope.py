@@ -42,6 +42,7 @@ class Scope(Actor):
         self.remote: dict[str, tuple[int, dict[Any, list[Pid]]]] = {}  # node -> (creation, buckets)
         self.cache: dict[Any, list[Pid]] = {}  # group -> all visible members
         self.monitors: dict[Ref, tuple[Pid, Any]] = {}  # ref -> (watcher, group)
+        self.monitors_of: dict[Pid, set[Ref]] = {}  # watcher -> its refs, dropped when it exits
         self.client: Any = None
         self.node.pg_scope = self  # type: ignore[attr-defined]
         self.node.exit_hooks.append(self._actor_exited)
@@ -111,7 +112,11 @@ class Scope(Actor):
         return True
 
     def _actor_exited(self, proc: Process) -> None:
-        """Exit hook: a dead local actor leaves all its groups at once."""
+        """Exit hook: a dead local actor leaves all its groups at once (and its monitors go)."""
+        refs = self.monitors_of.pop(proc.pid, None)
+        if refs:
+            for ref in refs:
+                self.monitors.pop(ref, None)
         groups = self.local_groups_of.pop(proc.pid, None)
         if not groups:
             return
@@ -232,10 +237,19 @@ class Scope(Actor):
     def monitor(self, watcher: Pid, group: Any) -> tuple[Ref, list[Pid]]:
         ref = self.node.make_ref()
         self.monitors[ref] = (watcher, group)
+        self.monitors_of.setdefault(watcher, set()).add(ref)
         return ref, self.members(group)
 
     def demonitor(self, ref: Ref) -> bool:
-        return self.monitors.pop(ref, None) is not None
+        entry = self.monitors.pop(ref, None)
+        if entry is None:
+            return False
+        refs = self.monitors_of.get(entry[0])
+        if refs is not None:
+            refs.discard(ref)
+            if not refs:
+                del self.monitors_of[entry[0]]
+        return True
 
     def _changed(self, group: Any, kind: str, pids: list[Pid]) -> None:
         self.cache.pop(group, None)

@@ -17,9 +17,8 @@ Rules:
   snapshot instead of events.
 - A bigger ``creation`` is a newer incarnation of a node name: it replaces
   the stored one; an older one is refused.
-- Every client-side wait is bounded: ``ServiceConnection`` sets OS-level
-  send/receive timeouts on its socket, so a dead or SIGSTOPped service cannot
-  wedge a caller.
+- Accepted sockets get TCP_NODELAY (a manager call costs ~177 ms without it).
+  Clients talk through ``_client.ServiceConnection``, whose waits are bounded.
 
 What it must not know: pids, actors, asyncio, the mesh. Node names, groups and
 members are opaque picklable values (groups and members must be hashable).
@@ -33,11 +32,9 @@ import ctypes.util
 import functools
 import logging
 import os
-import pickle
 import secrets
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -49,7 +46,8 @@ from multiprocessing import connection, managers
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from hermes._errors import HermesError, SerializationError
+from hermes._errors import HermesError
+from hermes.pg._client import DIRECTORY_ID, ServiceConnection, ServiceUnavailable, ping_service, tune_socket
 
 __all__ = [
     "DEFAULT_PORT", "Directory", "DirectoryManager", "ServiceConnection", "ServiceUnavailable",
@@ -60,7 +58,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4370
 DEFAULT_LOG_SIZE = 100_000
-DIRECTORY_ID = "directory"   # the well-known manager ident under which the server pins the Directory
 MAX_POLL = 60.0              # longest long poll the service grants
 LISTEN_BACKLOG = 512
 MAX_BATCH = 20_000           # most events in one feed answer; the client simply polls again
@@ -73,10 +70,6 @@ Address = tuple[str, int]
 Event = tuple[Any, ...]
 Bucket = dict[Any, list[Any]]
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class ServiceUnavailable(HermesError, ConnectionError):
-    """The pg service could not be reached, or the connection to it broke or timed out."""
 
 
 # -- the shared object ---------------------------------------------------------------------
@@ -145,11 +138,7 @@ class Directory:
 
     @_locked
     def heartbeat(self, name: Any, creation: int) -> bool:
-        entry = self._entry(name, creation)
-        if entry is None:
-            return False
-        entry.deadline = time.monotonic() + self.lease_ttl
-        return True
+        return self._extend_lease(name, creation) is not None
 
     @_locked
     def unregister_node(self, name: Any, creation: int) -> bool:
@@ -164,7 +153,7 @@ class Directory:
 
     @_locked
     def sync(self, name: Any, creation: int, memberships: dict[Any, list[Any]]) -> int | None:
-        if self._entry(name, creation) is None:
+        if self._extend_lease(name, creation) is None:
             return None
         bucket = self._buckets[(name, creation)]
         for group in list(bucket.keys() | memberships.keys()):
@@ -181,7 +170,7 @@ class Directory:
 
     @_locked
     def update(self, name: Any, creation: int, changes: list[tuple[str, Any, list[Any]]]) -> int | None:
-        if self._entry(name, creation) is None:
+        if self._extend_lease(name, creation) is None:   # a node that writes is alive
             return None
         bucket = self._buckets[(name, creation)]
         for kind, group, members in changes:
@@ -245,6 +234,12 @@ class Directory:
         entry = self._nodes.get(name)
         return entry if entry is not None and entry.creation == creation else None
 
+    def _extend_lease(self, name: Any, creation: int) -> _NodeEntry | None:
+        entry = self._entry(name, creation)
+        if entry is not None:
+            entry.deadline = time.monotonic() + self.lease_ttl
+        return entry
+
     def _emit(self, event: Event) -> None:
         self._version += 1
         self._log.append((self._version, event))
@@ -286,20 +281,6 @@ class Directory:
 # -- the manager and its server ---------------------------------------------------------------
 
 
-def _tune_socket(sock: socket.socket, io_timeout: float | None = None) -> None:
-    """TCP_NODELAY (a manager call is ~177 ms without it) and, optionally, OS-level I/O timeouts."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if io_timeout is not None:
-        # SO_RCVTIMEO/SO_SNDTIMEO, not settimeout(): multiprocessing.connection reads the
-        # raw fd with os.read, which needs a blocking fd; on timeout it raises BlockingIOError.
-        seconds = int(io_timeout)
-        timeval = struct.pack("@ll", seconds, int((io_timeout - seconds) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-
-
 class _DirectoryServer(managers.Server):
     """A manager server that pins one Directory under a well-known ident and sets TCP_NODELAY."""
 
@@ -318,7 +299,7 @@ class _DirectoryServer(managers.Server):
 
     def handle_request(self, conn: connection.Connection) -> None:
         with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-            _tune_socket(sock)
+            tune_socket(sock)
         super().handle_request(conn)
 
 
@@ -337,81 +318,6 @@ class DirectoryManager(managers.BaseManager):
 
 
 DirectoryManager.register("Directory", exposed=EXPOSED)
-
-
-# -- the client side of the wire --------------------------------------------------------------
-
-
-class ServiceConnection:
-    """One authenticated manager connection bound to the Directory; every wait is bounded.
-
-    Not thread-safe: one connection per thread. ``abort()`` may be called from any
-    thread to wake a blocked call (it then fails with ``ServiceUnavailable``).
-    """
-
-    def __init__(self, address: Address, cookie: bytes, *, timeout: float = 2.0, name: str = "hermes-pg") -> None:
-        self.address = (address[0], int(address[1]))
-        try:
-            self._sock = socket.create_connection(self.address, timeout=timeout)
-        except OSError as exc:
-            raise ServiceUnavailable(f"cannot connect to the pg service at {self.address}: {exc}") from exc
-        try:
-            self._sock.settimeout(None)
-            _tune_socket(self._sock, timeout)
-            self._conn = connection.Connection(os.dup(self._sock.fileno()))
-            connection.answer_challenge(self._conn, cookie)   # AuthenticationError: wrong cookie
-            connection.deliver_challenge(self._conn, cookie)
-            self._request(None, "accept_connection", (name,))
-        except (OSError, EOFError) as exc:
-            self.close()
-            raise ServiceUnavailable(f"pg service at {self.address}: handshake failed: {exc!r}") from exc
-        except BaseException:
-            self.close()
-            raise
-
-    def call(self, method: str, *args: Any) -> Any:
-        return self._request(DIRECTORY_ID, method, args)
-
-    def abort(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if hasattr(self, "_conn"):
-            self._conn.close()
-        self._sock.close()
-
-    def _request(self, ident: str | None, method: str, args: tuple[Any, ...]) -> Any:
-        try:
-            data = pickle.dumps((ident, method, args, {}), pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:   # nothing was written: the connection stays usable
-            raise SerializationError("pg request", repr(exc)) from exc
-        try:
-            self._conn.send_bytes(data)
-            kind, result = self._conn.recv()
-        except (OSError, EOFError) as exc:
-            raise ServiceUnavailable(f"pg service at {self.address}: {method} failed: {exc!r}") from exc
-        if kind == "#RETURN":
-            return result
-        raise managers.convert_to_error(kind, result)
-
-
-def ping_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
-    """True if a pg service answers at ``address`` with this cookie (within ``timeout``)."""
-    try:
-        conn = ServiceConnection(address, cookie, timeout=timeout, name="hermes-ping")
-    except (ServiceUnavailable, connection.AuthenticationError, managers.RemoteError) as exc:
-        log.debug("no pg service at %s: %r", address, exc)
-        return False
-    try:
-        return isinstance(conn.call("ping"), str)
-    except (ServiceUnavailable, managers.RemoteError) as exc:
-        log.debug("pg service at %s did not answer ping: %r", address, exc)
-        return False
-    finally:
-        conn.close()
 
 
 # -- running it -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._actor import NOREPLY, Actor
-from ._api import (call, cast, connect, demonitor, disconnect, exit, link, monitor, monitor_node, node,
+from ._api import (call, cast, connect, demonitor, disconnect, exit, link, monitor, monitor_node, monitor_nodes, node,
                    nodes, receive, register, reply, rpc, self, send, spawn, trap_exits, unlink,
                    unregister, whereis)
 from ._messages import Down, Exit, NodeDown, NodeUp
@@ -11,7 +11,7 @@ from ._supervisor import Supervisor
 
 __all__ = [
     "NOREPLY", "Actor", "Down", "Exit", "NodeDown", "NodeUp", "Pid", "Ref", "Supervisor", "call", "cast",
-    "connect", "demonitor", "disconnect", "exit", "link", "monitor", "monitor_node", "node", "nodes",
+    "connect", "demonitor", "disconnect", "exit", "link", "monitor", "monitor_node", "monitor_nodes", "node", "nodes",
     "receive", "register", "reply", "rpc", "self", "send", "spawn", "trap_exits", "unlink", "unregister",
     "whereis",
 ]

@@ -53,7 +53,7 @@ class Cast:
 
 
 class NoReply:
-    """Returned by ``handle_call`` to reply later with ``reply(ref, value)``."""
+    """Returned by ``handle_call`` when it will not reply (see ``Actor.defer_reply``)."""
 
     __slots__ = ()
 
@@ -96,6 +96,16 @@ class Actor:
     def terminate(self, reason: Any) -> Any:
         pass
 
+    def defer_reply(self) -> Ref:
+        """Inside ``handle_call``: answer later, with ``hermes.reply(ref, value)``,
+        instead of with the return value (GenServer's ``{:noreply, state}``)."""
+        proc = self._hermes_proc
+        ref = proc.calling
+        if ref is None:
+            raise RuntimeError("defer_reply() is only valid inside handle_call")
+        proc.calling = None
+        return ref
+
     def stop(self, reason: Any = "normal") -> None:
         """End this actor with ``reason`` once the current handler returns."""
         proc = self._hermes_proc
@@ -114,9 +124,12 @@ def _make_dispatch(cls: type[Actor]) -> Callable[[Actor, Any], Any]:
         if kind is Call:
             if call_async:
                 return _async_call(actor, msg)
+            proc = actor._hermes_proc
+            proc.calling = msg.ref
             reply = actor.handle_call(msg.request, msg.sender)
-            if reply is not NOREPLY:
-                actor._hermes_proc.node.reply(msg.ref, reply)
+            if proc.calling is not None and reply is not NOREPLY:
+                proc.node.reply(msg.ref, reply)
+            proc.calling = None
             return None
         if kind is Cast:
             if cast_async:
@@ -132,9 +145,12 @@ def _make_dispatch(cls: type[Actor]) -> Callable[[Actor, Any], Any]:
 
 
 async def _async_call(actor: Actor, msg: Call) -> None:
+    proc = actor._hermes_proc
+    proc.calling = msg.ref
     reply = await actor.handle_call(msg.request, msg.sender)  # type: ignore[misc]
-    if reply is not NOREPLY:
-        actor._hermes_proc.node.reply(msg.ref, reply)
+    if proc.calling is not None and reply is not NOREPLY:
+        proc.node.reply(msg.ref, reply)
+    proc.calling = None
 
 
 Actor._hermes_dispatch = staticmethod(_make_dispatch(Actor))  # type: ignore[assignment]

@@ -65,6 +65,16 @@ def monitor_node(name: str, flag: bool = True) -> None:
     proc.node.monitor_node(proc.pid, name, flag)
 
 
+def monitor_nodes(flag: bool = True) -> None:
+    """The caller receives ``NodeUp(name)`` and ``NodeDown(name)`` for every node
+    that connects or goes (hidden nodes excepted), as ``net_kernel:monitor_nodes``."""
+    proc = _caller("monitor_nodes")
+    if flag:
+        proc.node.all_node_watchers.add(proc.pid)
+    else:
+        proc.node.all_node_watchers.discard(proc.pid)
+
+
 # -- spawning and messages --------------------------------------------------
 
 def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, **kwargs: Any) -> Pid:
@@ -140,7 +150,14 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
     ``TimeoutError`` after ``timeout`` seconds; ``ActorExited`` if the callee is
     dead or dies before replying."""
     node_ = _nodemod.get()
-    pid = node_.resolve(dest)
+    if type(dest) is tuple and len(dest) == 2 and isinstance(dest[0], str) and dest[1] != node_.name:
+        # (name, node) on another node: the name is resolved there (one rpc), as Erlang does
+        started = node_.loop.time()
+        pid = await _whereis_on(dest[1], dest[0], dest, timeout)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (node_.loop.time() - started))
+    else:
+        pid = node_.resolve(dest)
     if pid is None:
         raise ActorExited(dest, "noproc")
     caller = current.get()
@@ -169,6 +186,15 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
             proc.signal_demonitor(ref)
         elif node_.pending_remote.pop(ref, None) is not None:
             node_.route_demonitor(pid, ref)
+
+
+async def _whereis_on(node: str, name: str, dest: Any, timeout: float | None) -> Pid | None:
+    try:
+        return await rpc(node, whereis, name, timeout=timeout)  # type: ignore[no-any-return]
+    except TimeoutError:
+        raise
+    except HermesError as exc:  # unreachable, or it went down meanwhile
+        raise ActorExited(dest, "noconnection") from exc
 
 
 def _call_remote(node_: _nodemod.Node, pid: Pid, request: Any, caller: Process | None, ref: Ref) -> None:
@@ -295,7 +321,7 @@ def unregister(name: str) -> bool:
 
 # -- remote procedure call --------------------------------------------------
 
-async def rpc(node: str, fn: Callable[..., Any], *args: Any, timeout: float | None = 5.0, **kwargs: Any) -> Any:
+async def rpc(node: str, fn: Callable[..., Any], /, *args: Any, timeout: float | None = 5.0, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` as a temporary actor on ``node``; return its
     result or raise its exception."""
     node_ = _nodemod.get()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from .._errors import ActorExited, HermesError, NoNode
 from ._messages import Down, NodeDown
 from ._pid import Pid, Ref
-from ._process import RUNNING, ActorProcess, Process, TaskProcess, current
+from ._process import DEAD, RUNNING, ActorProcess, Process, TaskProcess, current
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -51,6 +51,7 @@ class Node:
         self.pending: dict[Ref, asyncio.Future[Any]] = {}  # call/rpc ref -> reply future
         self.pending_remote: dict[Ref, Pid | str] = {}  # ref -> remote callee pid, or rpc node
         self.node_watchers: dict[str, dict[Pid, int]] = {}
+        self.all_node_watchers: set[Pid] = set()  # monitor_nodes(): NodeUp/NodeDown for every node
         self.dist: Distribution | None = None
         self.stopping = False
         self.drain_ctx = contextvars.Context()  # shared by every drain: they never nest
@@ -82,7 +83,7 @@ class Node:
             pid = self.new_pid()
         parent_pid = parent.pid if parent is not None else None
         if isinstance(target, type) and issubclass(target, Actor):
-            proc: Process = ActorProcess(self, pid, parent_pid)
+            proc: Process = ActorProcess(self, pid, parent_pid, target.__qualname__)
         elif callable(target):
             proc = TaskProcess(self, pid, parent_pid, target)
         else:
@@ -105,7 +106,7 @@ class Node:
         token = current.set(proc)
         try:
             actor.__init__(*args, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # even SystemExit: only this actor fails
             proc.crashed(exc, "__init__")  # no terminate: the actor never started
             return
         finally:
@@ -186,14 +187,14 @@ class Node:
     def route_exit(self, dest: Pid, sender: Pid | None, reason: Any) -> None:
         proc = self.procs.get(dest)
         if proc is not None:
-            self.loop.call_soon(proc.signal_exit, sender, reason)
+            proc.signal_exit(sender, reason)
         elif not self.is_local(dest):
             self._remote(dest, ("exit", dest, sender, reason))
 
     def route_unlink_and_exit(self, dest: Pid, sender: Pid, reason: Any) -> None:
         proc = self.procs.get(dest)
         if proc is not None:
-            self.loop.call_soon(_unlink_then_exit, proc, sender, reason)
+            _unlink_then_exit(proc, sender, reason)
         elif not self.is_local(dest):
             self._remote(dest, ("link_exit", dest, sender, reason))
 
@@ -234,7 +235,9 @@ class Node:
         if ref[0] == self.name and ref in self.pending:
             self.fail_pending(ref, ActorExited(pid, reason))
             return
-        if watcher is None:
+        if watcher is None:  # a call's monitor: its ref names the caller's node
+            if ref[0] != self.name:
+                self._remote(ref, ("down", None, ref, pid, reason))  # type: ignore[arg-type]
             return
         proc = self.procs.get(watcher)
         if proc is not None:
@@ -270,6 +273,14 @@ class Node:
         if node != self.name and (self.dist is None or not self.dist.connected(node)):
             self.node_down(node)
 
+    def notify_node_watchers(self, msg: Any) -> None:
+        for watcher in list(self.all_node_watchers):
+            proc = self.procs.get(watcher)
+            if proc is None:
+                self.all_node_watchers.discard(watcher)
+            else:
+                proc.deliver(msg)
+
     def node_down(self, node: str) -> None:
         """The connection to ``node`` is gone: fail everything that depended on it."""
         for watcher, count in self.node_watchers.pop(node, {}).items():
@@ -292,30 +303,38 @@ class Node:
             for ref, target in [(r, t) for r, t in proc.watching.items() if t[0] == node]:
                 self.route_down(proc.pid, ref, target, "noconnection")
         if proc.monitors:
-            for ref in [r for r, w in proc.monitors.items() if w is not None and w[0] == node]:
+            for ref in [r for r, w in proc.monitors.items() if (w if w is not None else r)[0] == node]:
                 del proc.monitors[ref]
 
     # -- stopping -------------------------------------------------------------
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every actor with ``"shutdown"``: roots newest first, each awaited,
-        so a supervisor stops its own children in its own order."""
+        """Stop every actor with ``"shutdown"``: newest first, each one's (async)
+        ``terminate`` awaited before the next, and children of a live Supervisor
+        left to it, so a supervisor stops its own children in its own order."""
         self.stopping = True
         deadline = self.loop.time() + timeout
-        while self.procs:
-            roots = [p for p in self.procs.values() if not self._supervised(p)]
-            proc = max(roots or self.procs.values(), key=lambda p: p.pid[2])
-            done = self.done_future(proc)
-            proc.exit("shutdown")
-            remaining = deadline - self.loop.time()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait_for(asyncio.shield(done), remaining)
-            except TimeoutError:
-                log.warning("actor %s did not finish terminate within %.1fs", proc.pid, timeout)
+        while self.procs and self.loop.time() < deadline:
+            for proc in sorted(self.procs.values(), key=lambda p: p.pid[2], reverse=True):
+                if proc.state != RUNNING or self._supervised(proc):
+                    continue
+                proc.exit("shutdown")
+                if proc.state != DEAD:  # an async terminate is running: let it finish first
+                    await self._finish(proc, deadline)
+            if any(p.state == RUNNING and not self._supervised(p) for p in self.procs.values()):
+                continue  # a terminate spawned something: go round again
+            break
         for proc in list(self.procs.values()):
             proc.exit("killed")
+
+    async def _finish(self, proc: Process, deadline: float) -> None:
+        remaining = deadline - self.loop.time()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done_future(proc)), remaining)
+        except TimeoutError:
+            log.warning("actor %s did not finish terminate in time", proc.pid)
 
     def _supervised(self, proc: Process) -> bool:
         from ._supervisor import Supervisor
@@ -326,7 +345,7 @@ class Node:
     def done_future(self, proc: Process) -> asyncio.Future[Any]:
         if proc.done is None:
             proc.done = self.loop.create_future()
-            if proc.state == 2:
+            if proc.state == DEAD:
                 proc.done.set_result(proc.reason)
         return proc.done
 

@@ -11,9 +11,10 @@ Two kinds share the same bookkeeping (mailbox, links, monitors, trap flag):
   mailbox with ``receive``.
 
 Rules kept here, as in Erlang:
-- exit signals are applied from ``call_soon`` callbacks, never inside the
-  sender's code, so a chain of links cannot recurse and an actor never dies in
-  the middle of another actor's handler;
+- a trapped exit signal is queued as an ``Exit`` message at once (so it stays
+  in order with the sender's messages); a fatal one ends the actor from its
+  own ``call_soon`` callback, never inside the sender's code, so a chain of
+  links cannot recurse and an actor never dies in another actor's handler;
 - ``"kill"`` cannot be trapped and ends the actor with ``"killed"``;
   ``"normal"`` from another actor is ignored unless trapped;
 - an actor's links and monitors fire only after its ``terminate`` finished,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
@@ -90,16 +92,19 @@ class Process:
     # -- signals (always called from their own loop callback) -----------------
 
     def signal_exit(self, sender: Pid | None, reason: Any) -> None:
+        """An exit signal arrives. A trapped one becomes a message at once, so it
+        keeps its place among the sender's messages; a fatal one ends the actor
+        from its own loop callback, never inside the sender's code."""
         if self.state != RUNNING:
             return
         if reason == "kill":
-            self.exit("killed")
+            self.node.loop.call_soon(self.exit, "killed")
         elif self.trap_exit:
             self.deliver(Exit(sender, reason))
         elif reason == "normal" and sender != self.pid:
             return
         else:
-            self.exit(reason)
+            self.node.loop.call_soon(self.exit, reason)
 
     def signal_link(self, sender: Pid) -> None:
         if self.state != RUNNING:
@@ -188,12 +193,13 @@ class TaskProcess(Process):
 
     async def _main(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
-            self.result = await self.fn(*args, **kwargs)
+            result = self.fn(*args, **kwargs)
+            self.result = await result if inspect.isawaitable(result) else result
         except asyncio.CancelledError:
             if self.state == RUNNING:  # cancelled by something other than an exit signal
                 self.exit("killed")
             return
-        except Exception as exc:  # the actor's own failure: log it, exit with it
+        except BaseException as exc:  # the actor's own failure (even SystemExit): only it dies
             if self.state == RUNNING:
                 self.crashed(exc, "its function")
             return
@@ -209,16 +215,18 @@ class TaskProcess(Process):
 class ActorProcess(Process):
     """An ``Actor`` instance driven by ``drain``; no Task unless a handler awaits."""
 
-    __slots__ = ("actor", "scheduled", "task", "handlers")
+    __slots__ = ("actor", "scheduled", "task", "kind", "calling")
 
-    def __init__(self, node: Node, pid: Pid, parent: Pid | None) -> None:
+    def __init__(self, node: Node, pid: Pid, parent: Pid | None, kind: str = "Actor") -> None:
         super().__init__(node, pid, parent)
-        self.actor: Actor | None = None
+        self.actor: Actor | None = None  # set once __init__ has returned
+        self.kind = kind
+        self.calling: Ref | None = None  # the call being handled (for reply_later)
         self.scheduled = True  # no drain until __init__ has finished
         self.task: asyncio.Task[Any] | None = None
 
     def describe_kind(self) -> str:
-        return type(self.actor).__qualname__ if self.actor is not None else "Actor"
+        return self.kind
 
     def deliver(self, msg: Any) -> None:
         self.mailbox.append(msg)
@@ -248,7 +256,7 @@ class ActorProcess(Process):
             n += 1
             try:
                 coro = dispatch(actor, msg)
-            except Exception as exc:
+            except BaseException as exc:  # even SystemExit: a handler must not stop the node
                 self.crashed(exc, _where(msg))
                 return
             if coro is not None:  # an async handler: run it, resume draining after
@@ -268,7 +276,7 @@ class ActorProcess(Process):
             if self.state == RUNNING:
                 self.exit("killed")
             return
-        except Exception as exc:
+        except BaseException as exc:
             if self.state == RUNNING:
                 self.crashed(exc, _where(msg))
             return

@@ -1,0 +1,1350 @@
+"""Hermes benchmarks: one command, one table, every figure beside a same-run baseline.
+
+    .venv/bin/python scripts/bench.py            # full run (a few minutes)
+    .venv/bin/python scripts/bench.py --quick    # short run
+    .venv/bin/python scripts/bench.py --only cross_send --only issue5
+    .venv/bin/python scripts/bench.py --list     # the rows and their targets
+
+Method. The machine is shared and noisy, so every figure is the best of a few
+short repetitions, and each repetition of a Hermes figure is interleaved with a
+repetition of its baseline (raw sockets, asyncio) measured in the same run.
+
+Processes. The driver (this process) runs each *fixture* in a fresh child
+process with a deadline: ``local`` (one standalone node), ``pair`` and
+``trio`` (a ``LocalCluster`` of 2 or 3 node processes, driven with ``c.rpc``
+calls whose functions live in this module and are imported by the nodes), and
+``service`` (a pg service and 50 simulated nodes as ``ServiceClient`` threads).
+A child has a deadline per row (SIGALRM) and the driver one per fixture
+(SIGTERM, then SIGKILL of the child and of every process it recorded), so a
+stuck row never leaves a cluster behind.
+
+Clocks. Times taken in different processes are compared only through
+``time.monotonic_ns`` (CLOCK_MONOTONIC, shared by every process of a machine).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import gc
+import json
+import multiprocessing
+import os
+import pickle
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import hermes  # noqa: E402
+from hermes import (Actor, LocalCluster, NodeDown, call, exit, monitor_node, node, pg, publish,  # noqa: E402
+                    receive, rpc, self, send, spawn, subscribe)
+from hermes.pubsub import broadcast_local  # noqa: E402
+from hermes.runtime import _node as _nodemod  # noqa: E402
+
+HOST = "127.0.0.1"
+FRAME = struct.Struct(">I")  # the same framing as hermes.dist: 4-byte big-endian length
+RAW_BATCH = 64 * 1024        # the raw sender writes once it has gathered this much
+SEND_CHUNK = 1000            # Hermes senders yield to the loop after this many sends
+
+
+# ===========================================================================
+# Rows: what is measured, against what, and the target
+# ===========================================================================
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    issue: int
+    fixture: str            # local | pair | trio | service
+    metric: str
+    unit: str               # how values are printed: rate, us, ms, s, bytes
+    baseline: str           # what the baseline column is
+    target: str
+    check: Callable[[float, float | None], bool]
+    timeout: float          # seconds for this row (full run; quick runs use the same bound)
+
+
+def _ratio(h: float, b: float | None) -> float:
+    return h / b if b else float("nan")
+
+
+ROWS = [
+    Row("local_send", 2, "local", "local send -> handle_info", "rate", "asyncio.Queue pair",
+        ">= 1 M/s and >= 0.8x", lambda h, b: h >= 1e6 and _ratio(h, b) >= 0.8, 60),
+    Row("local_call", 2, "local", "call round trip in a node, p50", "us", "asyncio future round trip",
+        "<= 20 us", lambda h, b: h <= 20, 60),
+    Row("spawn", 2, "local", "spawn 100k idle Actors", "s", "100k asyncio Tasks",
+        "< 1 s", lambda h, b: h < 1.0, 90),
+    Row("actor_memory", 2, "local", "memory per idle Actor (tracemalloc)", "bytes", "per idle asyncio Task",
+        "<= 2048 B", lambda h, b: h <= 2048, 90),
+    Row("cross_send", 3, "pair", "cross-node one-way send", "rate", "raw TCP, 64 KiB batches",
+        ">= 0.5x", lambda h, b: _ratio(h, b) >= 0.5, 90),
+    Row("cross_call", 3, "pair", "cross-node call round trip, p50", "us", "raw TCP ping-pong",
+        "<= 1.5x", lambda h, b: _ratio(h, b) <= 1.5, 60),
+    Row("hostile_peers", 3, "pair", "send rate with 50 idle + 50 garbage peers", "rate", "same, no such peers",
+        ">= 0.9x", lambda h, b: _ratio(h, b) >= 0.9, 120),
+    Row("join_visible", 4, "trio", "join visible on every other node, p99", "ms", "mesh message, p99",
+        "<= 20 ms", lambda h, b: h <= 20, 60),
+    Row("get_members", 4, "trio", "get_members, 1,000 members, p50", "us", "copy of a 1,000-list",
+        "<= 5 us", lambda h, b: h <= 5, 60),
+    Row("fanout", 5, "trio", "fan-out 3 nodes x 100 subs", "rate", "broadcast_local, 100 subs",
+        ">= 1.5 M/s", lambda h, b: h >= 1.5e6, 90),
+    Row("killed_members", 4, "trio", "SIGKILLed node's members gone everywhere", "ms", "NodeDown seen",
+        "<= 200 ms", lambda h, b: h <= 200, 90),
+    Row("remote_publish", 5, "pair", "publish to 1 remote subscriber", "rate", "raw TCP, 64 KiB batches",
+        ">= 0.5x", lambda h, b: _ratio(h, b) >= 0.5, 90),
+    Row("publish_bytes", 5, "pair", "bytes written per 20 kB publish, 200 remote subs", "bytes",
+        "pickled message size", "<= 1.1x", lambda h, b: _ratio(h, b) <= 1.1, 60),
+    Row("service_churn", 4, "service", "pg service: 50 nodes x 1,000 groups churn, worst lag", "s", "",
+        "< 1 s", lambda h, b: h < 1.0, 240),
+]
+FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
+
+
+@dataclass
+class Settings:
+    quick: bool
+    reps: int = 3
+
+    def n(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+# ===========================================================================
+# Small measuring helpers
+# ===========================================================================
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def interleaved(reps: int, hermes_fn: Callable[[], float], baseline_fn: Callable[[], float] | None,
+                higher_is_better: bool) -> tuple[float, float | None]:
+    """Best of ``reps`` for a Hermes figure and its baseline, alternating them."""
+    best = max if higher_is_better else min
+    h: list[float] = []
+    b: list[float] = []
+    for _ in range(reps):
+        if baseline_fn is not None:
+            b.append(baseline_fn())
+        h.append(hermes_fn())
+    return best(h), (best(b) if b else None)
+
+
+async def ainterleaved(reps: int, hermes_fn: Callable[[], Any], baseline_fn: Callable[[], Any],
+                       higher_is_better: bool) -> tuple[float, float]:
+    best = max if higher_is_better else min
+    h, b = [], []
+    for _ in range(reps):
+        b.append(await baseline_fn())
+        h.append(await hermes_fn())
+    return best(h), best(b)
+
+
+# ===========================================================================
+# Actors used on the nodes (imported there as scripts.bench)
+# ===========================================================================
+
+class Idle(Actor):
+    """An actor that only exists."""
+
+
+class Echo(Actor):
+    def handle_call(self, request: Any, sender: Any) -> Any:
+        return request
+
+
+class Sink(Actor):
+    """Counts what reaches ``handle_info``; sends ``"done"`` to ``report_to``
+    when it has ``expect`` messages. Armed with ``call(sink, ("expect", n, pid))``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.expect = -1
+        self.report_to: Any = None
+
+    def handle_call(self, request: Any, sender: Any) -> bool:
+        _, self.expect, self.report_to = request
+        self.count = 0
+        return True
+
+    def handle_info(self, msg: Any) -> None:
+        self.count += 1
+        if self.count == self.expect:
+            send(self.report_to, "done")
+
+
+class Tally:
+    """Deliveries of one topic on one node, shared by its subscribers."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = -1
+        self.report_to: Any = None
+
+
+_TALLIES: dict[Any, Tally] = {}
+
+
+def arm_tally(topic: Any, target: int, report_to: Any) -> None:
+    """Tell ``report_to`` ``("done", node)`` once this node delivered ``target`` messages of ``topic``."""
+    tally = _TALLIES.setdefault(topic, Tally())
+    tally.count, tally.target, tally.report_to = 0, target, report_to
+
+
+class Subscriber(Actor):
+    def __init__(self, topic: Any) -> None:
+        subscribe(topic)
+        self.tally = _TALLIES.setdefault(topic, Tally())
+
+    def handle_info(self, msg: Any) -> None:
+        tally = self.tally
+        tally.count += 1
+        if tally.count == tally.target:
+            send(tally.report_to, ("done", node()))
+
+
+class JoinWatcher(Actor):
+    """On a node other than the joiner's: when did each join and each ping arrive."""
+
+    def __init__(self, group: Any) -> None:
+        self.joined: dict[Any, int] = {}
+        self.pings: list[int] = []
+        pg.monitor(group)
+
+    def handle_info(self, msg: Any) -> None:
+        now = time.monotonic_ns()
+        if type(msg) is pg.Event:
+            if msg.kind == "join":
+                for pid in msg.pids:
+                    self.joined.setdefault(pid, now)
+        elif type(msg) is tuple and msg[0] == "ping":
+            self.pings.append(now - msg[1])
+
+    def handle_call(self, request: Any, sender: Any) -> Any:
+        return self.joined, self.pings
+
+
+class DownWatcher(Actor):
+    """When did ``group`` lose its last member, and when did ``NodeDown(victim)`` come."""
+
+    def __init__(self, group: Any, victim: str) -> None:
+        self.group = group
+        self.gone: int | None = None
+        self.node_down: int | None = None
+        pg.monitor(group)
+        monitor_node(victim)
+
+    def handle_info(self, msg: Any) -> None:
+        now = time.monotonic_ns()
+        if type(msg) is NodeDown and self.node_down is None:
+            self.node_down = now
+        elif type(msg) is pg.Event and msg.kind == "leave" and self.gone is None and not pg.get_members(self.group):
+            self.gone = now
+
+    def handle_call(self, request: Any, sender: Any) -> Any:
+        return self.gone, self.node_down
+
+
+# ===========================================================================
+# Functions run on the nodes (by c.rpc, or inside the standalone node)
+# ===========================================================================
+
+def spawn_actor(cls: type, *args: Any) -> Any:
+    return spawn(cls, *args)
+
+
+def spawn_many(cls: type, count: int, *args: Any) -> list[Any]:
+    return [spawn(cls, *args) for _ in range(count)]
+
+
+def kill_all(pids: list[Any]) -> None:
+    for pid in pids:
+        exit(pid, "kill")
+
+
+def spawn_members(group: Any, count: int) -> list[Any]:
+    pids = spawn_many(Idle, count)
+    pg.join(group, pids)
+    return pids
+
+
+async def wait_members(group: Any, count: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while len(pg.get_members(group)) != count and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    return len(pg.get_members(group))
+
+
+async def send_rate(dest: Any, n: int, chunk: int = SEND_CHUNK) -> float:
+    """Messages per second from this actor to the ``Sink`` ``dest`` (local or remote),
+    until the sink has them all."""
+    await call(dest, ("expect", n, self()), timeout=10)
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        for i in range(start, min(n, start + chunk)):
+            send(dest, i)
+        await asyncio.sleep(0)
+    await receive(timeout=60)
+    return n / (time.perf_counter() - t0)
+
+
+async def call_p50_us(dest: Any, n: int) -> float:
+    samples = []
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t = clock()
+        await call(dest, i)
+        samples.append(clock() - t)
+    return percentile(samples, 0.5) / 1000
+
+
+async def publish_rate(topic: Any, count: int, expect: dict[str, int], msg: Any = ("event", 1),
+                       chunk: int = 50) -> float:
+    """Deliveries per second of ``count`` publishes, until every node in
+    ``expect`` (node -> deliveries there) has reported them all."""
+    me = self()
+    for name, target in expect.items():
+        if name == node():
+            arm_tally(topic, target, me)
+        else:
+            await rpc(name, arm_tally, topic, target, me)
+    t0 = time.perf_counter()
+    for start in range(0, count, chunk):
+        for _ in range(min(chunk, count - start)):
+            publish(topic, msg)
+        await asyncio.sleep(0)
+    for _ in expect:
+        await receive(timeout=60)
+    return sum(expect.values()) / (time.perf_counter() - t0)
+
+
+async def publish_bytes(topic: Any, peer: str, subscribers: int, count: int, size: int) -> tuple[float, int]:
+    """Bytes this node wrote to ``peer`` per publish of a ``size``-byte message
+    (from the connection's statistics), and the message's pickled size."""
+    conn = _nodemod.get().dist.conns[peer]  # type: ignore[union-attr]
+    payload = os.urandom(size)
+    await rpc(peer, arm_tally, topic, subscribers * count, self())
+    before = conn.statistics().bytes_out
+    for _ in range(count):
+        publish(topic, payload)
+        await asyncio.sleep(0)
+    await receive(timeout=30)
+    written = conn.statistics().bytes_out - before
+    return written / count, len(pickle.dumps(payload, 5))
+
+
+async def join_series(group: Any, watchers: list[Any], count: int, interval: float) -> tuple[list[int], list[int]]:
+    """Join ``count`` new actors to ``group`` one by one, each followed by a
+    timestamped ping to every watcher; return (join, ping) latencies in ns as
+    seen by the watchers on the other nodes."""
+    for watcher in watchers:
+        await call(watcher, "ready?")  # its pg.monitor is in place
+    sent: dict[Any, int] = {}
+    members = []
+    for _ in range(count):
+        pid = spawn(Idle)
+        members.append(pid)
+        sent[pid] = time.monotonic_ns()
+        pg.join(group, pid)
+        for watcher in watchers:
+            send(watcher, ("ping", time.monotonic_ns()))
+        await asyncio.sleep(interval)
+    deadline = time.monotonic() + 10
+    while True:
+        seen = [await call(watcher, "report?") for watcher in watchers]
+        if all(len(joined) >= count for joined, _ in seen) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    kill_all(members)
+    joins = [t - sent[pid] for joined, _ in seen for pid, t in joined.items() if pid in sent]
+    joins += [10**12] * (count * len(watchers) - len(joins))  # never seen: counts as 1000 s
+    pings = [lat for _, got in seen for lat in got]
+    return joins, pings
+
+
+async def get_members_p50_us(group: Any, n: int) -> tuple[float, float]:
+    """p50 of ``pg.get_members(group)`` and, as a baseline, of copying a list of the same length."""
+    clock = time.perf_counter_ns
+    table = {group: list(pg.get_members(group))}
+    h, b = [], []
+    for _ in range(n):
+        t = clock()
+        pg.get_members(group)
+        h.append(clock() - t)
+        t = clock()
+        list(table[group])
+        b.append(clock() - t)
+    return percentile(h, 0.5) / 1000, percentile(b, 0.5) / 1000
+
+
+async def watch_down(group: Any, victim: str, members: int) -> Any:
+    pid = spawn(DownWatcher, group, victim)
+    if await wait_members(group, members) != members:
+        raise RuntimeError(f"{node()} does not see the {members} members of {group!r}")
+    return pid
+
+
+async def await_down(watcher: Any, timeout: float = 10.0) -> tuple[int | None, int | None]:
+    deadline = time.monotonic() + timeout
+    while True:
+        gone, down = await call(watcher, "report?")
+        if (gone is not None and down is not None) or time.monotonic() > deadline:
+            exit(watcher, "kill")
+            return gone, down
+        await asyncio.sleep(0.005)
+
+
+def connection_count() -> int:
+    dist = _nodemod.get().dist
+    return len(dist.conns) if dist is not None else 0
+
+
+# ===========================================================================
+# Baselines in plain asyncio (run inside the same node's loop)
+# ===========================================================================
+
+async def queue_pair_rate(n: int, chunk: int = SEND_CHUNK) -> float:
+    """An asyncio.Queue producer/consumer pair, the same shape as ``send_rate``."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    done = asyncio.get_running_loop().create_future()
+
+    async def consumer() -> None:
+        count = 0
+        while True:
+            await queue.get()
+            count += 1
+            if count == n:
+                done.set_result(None)
+                return
+
+    task = asyncio.create_task(consumer())
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        for i in range(start, min(n, start + chunk)):
+            queue.put_nowait(i)
+        await asyncio.sleep(0)
+    await done
+    rate = n / (time.perf_counter() - t0)
+    await task
+    return rate
+
+
+async def future_call_p50_us(n: int) -> float:
+    """A request/reply between two tasks: request and a future through a queue."""
+    requests: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    async def server() -> None:
+        while True:
+            request, fut = await requests.get()
+            fut.set_result(request)
+
+    task = asyncio.create_task(server())
+    samples = []
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t = clock()
+        fut = loop.create_future()
+        requests.put_nowait((i, fut))
+        await fut
+        samples.append(clock() - t)
+    task.cancel()
+    return percentile(samples, 0.5) / 1000
+
+
+async def _idle_task(fut: asyncio.Future[None]) -> None:
+    await fut
+
+
+async def spawn_tasks_seconds(count: int) -> float:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    t0 = time.perf_counter()
+    tasks = [loop.create_task(_idle_task(fut)) for _ in range(count)]
+    await asyncio.sleep(0)  # every task runs to its first await
+    elapsed = time.perf_counter() - t0
+    fut.set_result(None)
+    await asyncio.gather(*tasks)
+    return elapsed
+
+
+async def task_memory(count: int) -> float:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    tasks: list[Any] = [None] * count
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            tasks[i] = loop.create_task(_idle_task(fut))
+        await asyncio.sleep(0)
+        per = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+    fut.set_result(None)
+    await asyncio.gather(*tasks)
+    return per
+
+
+# ===========================================================================
+# Baselines over raw sockets (helper processes on 127.0.0.1)
+# ===========================================================================
+
+RAW_PID = ("bench@raw", 1795769580938242, 42)  # a pid-sized tuple, as Hermes frames carry
+
+
+def _listen() -> socket.socket:
+    server = socket.socket()
+    server.bind((HOST, 0))
+    server.listen(1)
+    server.settimeout(30)
+    return server
+
+
+def _accept(server: socket.socket) -> socket.socket:
+    sock, _ = server.accept()
+    sock.settimeout(60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def raw_sink(control: Any, n: int) -> None:
+    """Helper process: receive ``n`` length-prefixed pickles, unpickling each, then ack one byte."""
+    server = _listen()
+    control.send(server.getsockname()[1])
+    sock = _accept(server)
+    buf = bytearray()
+    loads, unpack_from, header = pickle.loads, FRAME.unpack_from, FRAME.size
+    count = 0
+    while count < n:
+        data = sock.recv(1 << 20)
+        if not data:
+            return
+        buf += data
+        pos, end = 0, len(buf)
+        with memoryview(buf) as view:
+            while end - pos >= header:
+                (size,) = unpack_from(buf, pos)
+                if end - pos - header < size:
+                    break
+                loads(view[pos + header:pos + header + size])
+                pos += header + size
+                count += 1
+        del buf[:pos]
+    sock.sendall(b"!")
+    sock.close()
+
+
+def raw_echo(control: Any) -> None:
+    """Helper process: answer each length-prefixed pickle ``("call", request, ref)``
+    with ``("reply", ref, request)`` until the peer closes."""
+    server = _listen()
+    control.send(server.getsockname()[1])
+    sock = _accept(server)
+    with contextlib.suppress(ConnectionError, EOFError, TimeoutError):
+        while True:
+            _, request, ref = pickle.loads(_recv_frame(sock))
+            payload = pickle.dumps(("reply", ref, request), 5)
+            sock.sendall(FRAME.pack(len(payload)) + payload)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    (size,) = FRAME.unpack(_recv_exact(sock, FRAME.size))
+    return _recv_exact(sock, size)
+
+
+@contextlib.contextmanager
+def helper(target: Callable[..., None], *args: Any) -> Iterator[Any]:
+    """Run ``target(control, *args)`` in a fresh process; yield our end of ``control``."""
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(theirs, *args), daemon=True)
+    proc.start()
+    theirs.close()
+    record_pid(proc.pid)
+    try:
+        yield ours
+    finally:
+        ours.close()  # a helper that waits on ``control`` sees EOF and ends
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+def _recv(control: Any, timeout: float = 30) -> Any:
+    if not control.poll(timeout):
+        raise TimeoutError("helper process did not answer")
+    return control.recv()
+
+
+def raw_send_rate(n: int) -> float:
+    """Messages per second of a raw TCP sender: pickle each message, frame it,
+    write in 64 KiB batches; until the receiver (another process) has them all."""
+    with helper(raw_sink, n) as control:
+        sock = socket.create_connection((HOST, _recv(control)), timeout=60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with sock:
+            dumps, pack = pickle.dumps, FRAME.pack
+            t0 = time.perf_counter()
+            batch = bytearray()
+            for i in range(n):
+                payload = dumps(("msg", RAW_PID, i), 5)
+                batch += pack(len(payload))
+                batch += payload
+                if len(batch) >= RAW_BATCH:
+                    sock.sendall(batch)
+                    batch = bytearray()
+            sock.sendall(batch)
+            _recv_exact(sock, 1)
+            return n / (time.perf_counter() - t0)
+
+
+def raw_call_p50_us(n: int) -> float:
+    """p50 of a raw TCP ping-pong of length-prefixed pickles (blocking sockets)."""
+    with helper(raw_echo) as control:
+        sock = socket.create_connection((HOST, _recv(control)), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with sock:
+            samples = []
+            clock = time.perf_counter_ns
+            for i in range(n):
+                t = clock()
+                payload = pickle.dumps(("call", i, RAW_PID), 5)
+                sock.sendall(FRAME.pack(len(payload)) + payload)
+                pickle.loads(_recv_frame(sock))
+                samples.append(clock() - t)
+            return percentile(samples, 0.5) / 1000
+
+
+class FrameProtocol(asyncio.Protocol):
+    """Length-prefixed pickles over asyncio, with nothing else: what an event loop
+    at each end costs a round trip (a diagnostic beside the raw ping-pong)."""
+
+    def __init__(self, on_frame: Callable[[FrameProtocol, Any], None]) -> None:
+        self.on_frame = on_frame
+        self.buf = bytearray()
+        self.transport: Any = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= FRAME.size:
+            (size,) = FRAME.unpack_from(buf, 0)
+            if len(buf) < FRAME.size + size:
+                break
+            obj = pickle.loads(buf[FRAME.size:FRAME.size + size])
+            del buf[:FRAME.size + size]
+            self.on_frame(self, obj)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, obj: Any) -> None:
+        payload = pickle.dumps(obj, 5)
+        self.transport.write(FRAME.pack(len(payload)) + payload)
+
+
+def asyncio_echo(control: Any) -> None:
+    """Helper process: an asyncio server answering ``("call", request, ref)`` frames."""
+
+    async def serve() -> None:
+        accepted: list[FrameProtocol] = []
+
+        def make() -> FrameProtocol:
+            accepted.append(FrameProtocol(lambda proto, obj: proto.send(("reply", obj[2], obj[1]))))
+            return accepted[-1]
+
+        server = await asyncio.get_running_loop().create_server(make, HOST, 0)
+        control.send(server.sockets[0].getsockname()[1])
+        async with asyncio.timeout(60):
+            while not accepted:
+                await asyncio.sleep(0.01)
+            await accepted[0].closed
+        server.close()
+
+    asyncio.run(serve())
+
+
+def asyncio_call_p50_us(n: int) -> float:
+    """p50 of a ping-pong of length-prefixed pickles with an asyncio loop at both ends."""
+
+    async def client(port: int) -> float:
+        loop = asyncio.get_running_loop()
+        waiter: list[asyncio.Future[Any]] = []
+        _, proto = await loop.create_connection(lambda: FrameProtocol(lambda p, obj: waiter[0].set_result(obj)),
+                                                HOST, port)
+        samples = []
+        clock = time.perf_counter_ns
+        for i in range(n):
+            t = clock()
+            waiter[:] = [loop.create_future()]
+            proto.send(("call", i, RAW_PID))
+            await waiter[0]
+            samples.append(clock() - t)
+        proto.transport.close()
+        return percentile(samples, 0.5) / 1000
+
+    with helper(asyncio_echo) as control:
+        return asyncio.run(client(_recv(control)))
+
+
+def hostile_peers(control: Any, address: tuple[str, int], idle: int, garbage: int) -> None:
+    """Helper process: hold ``idle`` connections to ``address`` that never send a
+    byte, and ``garbage`` that send random bytes; reopen any the node closes
+    (0.2 s later), until told to stop."""
+    rng = random.Random(7)
+    socks: dict[socket.socket, str] = {}
+    reopen: list[tuple[float, str]] = []
+
+    def open_one(kind: str) -> None:
+        try:
+            sock = socket.create_connection(address, timeout=2)
+            if kind == "garbage":
+                sock.sendall(rng.randbytes(1024))
+            sock.setblocking(False)
+            socks[sock] = kind
+        except OSError:
+            reopen.append((time.monotonic() + 0.2, kind))
+
+    for kind in ["idle"] * idle + ["garbage"] * garbage:
+        open_one(kind)
+    control.send(len(socks))
+    while not control.poll(0):
+        readable = select.select(list(socks), [], [], 0.05)[0] if socks else time.sleep(0.05) or []
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:  # the node closed it
+                reopen.append((time.monotonic() + 0.2, socks.pop(sock)))
+                sock.close()
+        now = time.monotonic()
+        due = [kind for at, kind in reopen if at <= now]
+        reopen = [(at, kind) for at, kind in reopen if at > now]
+        for kind in due:
+            open_one(kind)
+    for sock in socks:
+        sock.close()
+
+
+# ===========================================================================
+# Fixture: one standalone node (issue 2)
+# ===========================================================================
+
+async def local_rows(rows: list[str], settings: Settings, out: Callable[[dict[str, Any]], None]) -> None:
+    reps = settings.reps
+
+    async def guarded(key: str, body: Callable[[], Any]) -> None:
+        if key not in rows:
+            return
+        row = ROW_BY_KEY[key]
+        try:
+            hermes_value, baseline_value, note = await asyncio.wait_for(body(), row.timeout)
+            out({"key": key, "hermes": hermes_value, "baseline": baseline_value, "note": note})
+        except BaseException as exc:  # noqa: BLE001 - a failed row is reported, the others still run
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            out({"key": key, "error": f"{type(exc).__name__}: {exc}"})
+
+    async def local_send() -> Any:
+        n = settings.n(500_000, 200_000)
+        sink = spawn(Sink)
+        h, b = await ainterleaved(reps, lambda: send_rate(sink, n), lambda: queue_pair_rate(n), True)
+        exit(sink, "kill")
+        return h, b, f"{n:,} msgs, sends in chunks of {SEND_CHUNK}"
+
+    async def local_call() -> Any:
+        n = settings.n(30_000, 10_000)
+        echo = spawn(Echo)
+        h, b = await ainterleaved(reps, lambda: call_p50_us(echo, n), lambda: future_call_p50_us(n), False)
+        exit(echo, "kill")
+        return h, b, f"{n:,} calls"
+
+    async def spawn_seconds() -> Any:
+        count = 100_000
+
+        async def hermes_side() -> float:
+            gc.collect()
+            t0 = time.perf_counter()
+            pids = [spawn(Idle) for _ in range(count)]
+            elapsed = time.perf_counter() - t0
+            await _kill_and_settle(pids)
+            return elapsed
+
+        h, b = await ainterleaved(reps, hermes_side, lambda: spawn_tasks_seconds(count), False)
+        return h, b, ""
+
+    async def actor_memory() -> Any:
+        count = 100_000
+        pids: list[Any] = [None] * count
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(count):
+                pids[i] = spawn(Idle)
+            per = (tracemalloc.get_traced_memory()[0] - before) / count
+        finally:
+            tracemalloc.stop()
+        await _kill_and_settle(pids)
+        return per, await task_memory(count), "one pass: allocation counts do not vary"
+
+    await guarded("local_send", local_send)
+    await guarded("local_call", local_call)
+    await guarded("spawn", spawn_seconds)
+    await guarded("actor_memory", actor_memory)
+
+
+async def _kill_and_settle(pids: list[Any]) -> None:
+    before = len(_nodemod.get().procs)
+    kill_all(pids)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if len(_nodemod.get().procs) <= before - len(pids):
+            break
+    gc.collect()
+
+
+# ===========================================================================
+# Fixtures: clusters (issues 3, 4, 5)
+# ===========================================================================
+
+def start_cluster(names: list[str], log_dir: str) -> LocalCluster:
+    cluster = LocalCluster(names, log_dir=log_dir)
+    record_cluster(cluster)
+    return cluster
+
+
+def record_cluster(cluster: LocalCluster) -> None:
+    """Note the cluster's process ids for the driver's last-resort cleanup."""
+    service = getattr(cluster, "_service", None)
+    if service is not None:
+        record_pid(service.pid)
+    for proc in getattr(cluster, "_nodes", {}).values():
+        record_pid(proc.proc.pid)
+
+
+def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:
+    a, b = c.nodes
+    reps = settings.reps
+
+    def cross_send() -> Any:
+        n = settings.n(300_000, 100_000)
+        sink = c.rpc(b, spawn_actor, Sink)
+        h, base = interleaved(reps, lambda: c.rpc(a, send_rate, sink, n, timeout=60), lambda: raw_send_rate(n), True)
+        c.rpc(b, kill_all, [sink])
+        return h, base, f"{n:,} msgs"
+
+    def cross_call() -> Any:
+        n = settings.n(10_000, 3_000)
+        echo = c.rpc(b, spawn_actor, Echo)
+        h, base = interleaved(reps, lambda: c.rpc(a, call_p50_us, echo, n, timeout=60),
+                              lambda: raw_call_p50_us(n), False)
+        c.rpc(b, kill_all, [echo])
+        floor = min(asyncio_call_p50_us(n) for _ in range(reps))
+        return h, base, f"{n:,} calls; the same ping-pong with asyncio at both ends: p50 {floor:.1f} us"
+
+    def hostile() -> Any:
+        n = settings.n(300_000, 100_000)
+        sink = c.rpc(b, spawn_actor, Sink)
+        address = c.address(b)
+
+        def with_peers() -> float:
+            with helper(hostile_peers, address, 50, 50) as control:
+                _recv(control)
+                time.sleep(0.3)  # the node has accepted them and seen the first garbage
+                rate = c.rpc(a, send_rate, sink, n, timeout=60)
+                control.send("stop")
+                return rate  # type: ignore[no-any-return]
+
+        h, base = interleaved(reps, with_peers, lambda: c.rpc(a, send_rate, sink, n, timeout=60), True)
+        c.rpc(b, kill_all, [sink])
+        still = c.rpc(b, connection_count)
+        return h, base, f"{n:,} msgs to the node under attack; its mesh links after: {still}"
+
+    def remote_publish() -> Any:
+        n = settings.n(300_000, 100_000)
+        topic = "bench.remote"
+        sub = c.rpc(b, spawn_actor, Subscriber, topic)
+        h, base = interleaved(reps, lambda: c.rpc(a, publish_rate, topic, n, {b: n}, 42, 1000, timeout=60),
+                              lambda: raw_send_rate(n), True)
+        c.rpc(b, kill_all, [sub])
+        return h, base, f"{n:,} publishes"
+
+    def bytes_per_publish() -> Any:
+        topic, subs, count = "bench.big", 200, 20
+        pids = c.rpc(b, spawn_many, Subscriber, subs, topic)
+        written, pickled = c.rpc(a, publish_bytes, topic, b, subs, count, 20_000, timeout=30)
+        c.rpc(b, kill_all, pids)
+        return written, pickled, f"{count} publishes of 20,000 random bytes; ratio to the pickled message"
+
+    return {"cross_send": cross_send, "cross_call": cross_call, "hostile_peers": hostile,
+            "remote_publish": remote_publish, "publish_bytes": bytes_per_publish}
+
+
+def trio_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:
+    a, b, z = c.nodes
+    reps = settings.reps
+
+    def join_visible() -> Any:
+        count = settings.n(200, 100)
+        h, base = [], []
+        for rep in range(reps):
+            group = f"bench.join.{rep}"
+            watchers = [c.rpc(name, spawn_actor, JoinWatcher, group) for name in (b, z)]
+            joins, pings = c.rpc(a, join_series, group, watchers, count, 0.005, timeout=40)
+            for name, watcher in zip((b, z), watchers):
+                c.rpc(name, kill_all, [watcher])
+            h.append(percentile(joins, 0.99) / 1e6)
+            base.append(percentile(pings, 0.99) / 1e6)
+        return min(h), min(base), f"{count} joins on {a.split('@')[0]}, 5 ms apart, seen on 2 nodes"
+
+    def get_members() -> Any:
+        group = "bench.thousand"
+        members = [c.rpc(name, spawn_members, group, 500) for name in (a, b)]
+        if c.rpc(a, wait_members, group, 1000) != 1000:
+            raise RuntimeError("the 1,000 members did not all show")
+        n = settings.n(20_000, 5_000)
+        results = [c.rpc(a, get_members_p50_us, group, n) for _ in range(reps)]
+        for name, pids in zip((a, b), members):
+            c.rpc(name, kill_all, pids)
+        return min(r[0] for r in results), min(r[1] for r in results), "500 members here, 500 on another node"
+
+    def fanout() -> Any:
+        topic, local_topic, subs = "bench.fan", "bench.fan.local", 100
+        count = settings.n(3_000, 1_000)
+        spawned = {name: c.rpc(name, spawn_many, Subscriber, subs, topic) for name in c.nodes}
+        spawned[a] += c.rpc(a, spawn_many, Subscriber, subs, local_topic)
+        expect = {name: subs * count for name in c.nodes}
+        h, base = interleaved(reps, lambda: c.rpc(a, publish_rate, topic, count, expect, timeout=60),
+                              lambda: c.rpc(a, local_broadcast_rate, local_topic, count, subs * count), True)
+        for name, pids in spawned.items():
+            c.rpc(name, kill_all, pids)
+        return h, base, f"{count:,} publishes x {3 * subs} subscribers"
+
+    def killed_members() -> Any:
+        h, base = [], []
+        for rep in range(reps):
+            group = f"bench.doomed.{rep}"
+            c.rpc(z, spawn_members, group, 100)
+            watchers = [(name, c.rpc(name, watch_down, group, z, 100)) for name in (a, b)]
+            time.sleep(0.2)
+            t_kill = time.monotonic_ns()
+            c.kill(z)
+            seen = [c.rpc(name, await_down, watcher) for name, watcher in watchers]
+            if any(gone is None or down is None for gone, down in seen):
+                raise RuntimeError(f"not every node saw the members go within 10 s: {seen}")
+            h.append(max(gone for gone, _ in seen) - t_kill)
+            base.append(max(down for _, down in seen) - t_kill)
+            c.start(z)
+            record_cluster(c)
+        return min(h) / 1e6, min(base) / 1e6, "100 members; from SIGKILL to the last node's leave event"
+
+    return {"join_visible": join_visible, "get_members": get_members, "fanout": fanout,
+            "killed_members": killed_members}
+
+
+async def local_broadcast_rate(topic: Any, count: int, deliveries: int, chunk: int = 50) -> float:
+    arm_tally(topic, deliveries, self())
+    t0 = time.perf_counter()
+    for start in range(0, count, chunk):
+        for _ in range(min(chunk, count - start)):
+            broadcast_local(topic, ("event", 1))
+        await asyncio.sleep(0)
+    await receive(timeout=60)
+    return deliveries / (time.perf_counter() - t0)
+
+
+# ===========================================================================
+# Fixture: the pg service under churn (issue 4)
+# ===========================================================================
+
+class CountingReplica:
+    """What a node builds from the feed, kept small: member counts per (node, group)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[tuple[Any, Any], int] = {}
+
+    def on_event(self, kind: str, payload: Any) -> None:
+        with self.lock:
+            if kind == "snapshot":
+                self.counts = {(name, group): len(members) for (name, _), buckets in payload[1].items()
+                               for group, members in buckets.items()}
+            elif kind == "events":
+                for event in payload:
+                    if event[0] in ("join", "leave"):
+                        key = (event[1], event[3])
+                        delta = len(event[4]) if event[0] == "join" else -len(event[4])
+                        self.counts[key] = self.counts.get(key, 0) + delta
+
+
+def churn_worst_lag(clients: list[Any], address: tuple[str, int], cookie: bytes, tag: str,
+                    groups: int = 1000, pace: float = 0.4) -> tuple[float, float]:
+    """Every client joins ``groups`` groups (50 per batch) then leaves half of
+    them (100 per batch), a batch every ``pace`` s, all at once. Returns the
+    worst lag seen (how long a client went without a version the service
+    already had, sampled every ~20 ms) and the elapsed time."""
+    try:
+        from hermes.pg._client import ServiceConnection
+    except ImportError:  # older layout
+        from hermes.pg._service import ServiceConnection  # type: ignore[attr-defined,no-redef]
+
+    reference = ServiceConnection(address, cookie)  # the watcher's own: a connection is one thread's
+    checker = ServiceConnection(address, cookie)
+    try:
+        epoch = reference.call("ping")
+        started = time.monotonic()
+        first_version = reference.call("snapshot")[2]
+        worst = [0.0]
+        done = threading.Event()
+
+        def watch() -> None:
+            """A client's lag: how long ago the service first had a version the client lacks."""
+            times, versions = [started], [first_version]
+            while not done.is_set():
+                version = reference.call("changes", epoch, versions[-1], 0.02)[2]
+                now = time.monotonic()
+                times.append(now)
+                versions.append(version)
+                for client in clients:
+                    seen = client.statistics()["version"]
+                    if seen < version:
+                        first = times[bisect.bisect_right(versions, seen)]
+                        worst[0] = max(worst[0], now - first)
+
+        def churn(client: Any) -> None:
+            member = (client.name, tag)
+            names = [f"{tag}-{g}" for g in range(groups)]
+            for start in range(0, groups, 50):
+                client.push([("join", g, [member]) for g in names[start:start + 50]])
+                time.sleep(pace)
+            for start in range(0, groups, 100):
+                client.push([("leave", g, [member]) for g in names[start:start + 100:2]])
+                time.sleep(pace)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        workers = [threading.Thread(target=churn, args=(client,), daemon=True) for client in clients]
+        watcher.start()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        final = checker.call("snapshot")[2]
+        deadline = time.monotonic() + 10
+        while any(c.statistics()["version"] < final for c in clients) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done.set()
+        watcher.join(5)
+        if any(c.statistics()["version"] < final for c in clients):
+            worst[0] = max(worst[0], 10.0)
+        return worst[0], time.monotonic() - started
+    finally:
+        reference.close()
+        checker.close()
+
+
+def service_rows(settings: Settings, log: Callable[[str], None]) -> dict[str, Callable[[], Any]]:
+    def churn() -> Any:
+        import secrets
+
+        from hermes.pg._client import ServiceClient
+        from hermes.pg._service import free_port, start_service_process
+
+        cookie = secrets.token_hex(16).encode()
+        address = (HOST, free_port())
+        service = start_service_process(HOST, address[1], cookie)
+        record_pid(service.pid)
+        clients: list[Any] = []
+        # 50 replicas in one process are millions of objects: a full GC pass would stall every
+        # thread here for ~1 s. A real node holds one replica, so switch the collector off.
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(50):
+                client = ServiceClient(address, cookie, f"n{i:02}@bench", 1, (HOST, 9000 + i),
+                                       on_event=CountingReplica().on_event, local_memberships=dict)
+                clients.append(client)
+                client.start()
+            deadline = time.monotonic() + 20
+            while not all(c.connected and len(c.nodes()) == 50 for c in clients):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the 50 clients did not all register within 20 s")
+                time.sleep(0.01)
+            runs = [churn_worst_lag(clients, address, cookie, f"r{rep}") for rep in range(settings.n(2, 1))]
+        finally:
+            for client in clients:
+                client.close(timeout=2)
+            gc.enable()
+            service.kill()
+            service.wait(5)
+        worst = min(lag for lag, _ in runs)
+        return worst, None, f"best of {len(runs)}; each {max(e for _, e in runs):.1f} s of churn, batch every 0.4 s"
+
+    return {"service_churn": churn}
+
+
+# ===========================================================================
+# The child process: one fixture, its rows, results as JSON lines
+# ===========================================================================
+
+class RowTimeout(Exception):
+    pass
+
+
+_PIDFILE: str | None = None
+
+
+def record_pid(pid: int) -> None:
+    if _PIDFILE:
+        with open(_PIDFILE, "a") as f:
+            f.write(f"{pid}\n")
+
+
+def child_main(argv: list[str]) -> None:
+    global _PIDFILE
+    fixture, rows_arg, quick, result_path, _PIDFILE, log_dir = argv
+    rows = rows_arg.split(",")
+    settings = Settings(quick=quick == "1")
+
+    def out(record: dict[str, Any]) -> None:
+        with open(result_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    if fixture == "local":
+        hermes.run(local_rows, rows, settings, out, name="bench")
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise RowTimeout("row timed out")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    if fixture == "service":
+        run_rows(rows, out, lambda: (service_rows(settings, print), lambda: None))
+        return
+    names = [f"bench{n}" for n in (["a", "b"] if fixture == "pair" else ["a", "b", "c"])]
+
+    def open_cluster() -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
+        cluster = start_cluster(names, log_dir)
+        return (pair_rows if fixture == "pair" else trio_rows)(cluster, settings), cluster.stop
+
+    run_rows(rows, out, open_cluster)
+
+
+def run_rows(rows: list[str], out: Callable[[dict[str, Any]], None],
+             open_fixture: Callable[[], tuple[dict[str, Callable[[], Any]], Callable[[], None]]]) -> None:
+    """Run each row under its deadline. After a timeout the fixture is replaced:
+    whatever the row left running would skew the next one."""
+    table: dict[str, Callable[[], Any]] | None = None
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    try:
+        for key in rows:
+            row = ROW_BY_KEY[key]
+            signal.setitimer(signal.ITIMER_REAL, row.timeout + (FIXTURE_STARTUP if table is None else 0))
+            try:
+                if table is None:
+                    table, close = open_fixture()
+                hermes_value, baseline_value, note = table[key]()
+                out({"key": key, "hermes": hermes_value, "baseline": baseline_value, "note": note})
+            except Exception as exc:  # a failed row is reported, the others still run
+                out({"key": key, "error": f"{type(exc).__name__}: {exc}"})
+                if isinstance(exc, RowTimeout):
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    close()
+                    table, close = None, lambda: None
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        close()
+
+
+# ===========================================================================
+# The driver: run the fixtures, print the table
+# ===========================================================================
+
+ROW_BY_KEY = {row.key: row for row in ROWS}
+
+
+def run_fixture(fixture: str, rows: list[Row], quick: bool, workdir: Path) -> dict[str, dict[str, Any]]:
+    results = workdir / f"{fixture}.jsonl"
+    pidfile = workdir / f"{fixture}.pids"
+    log_path = workdir / f"{fixture}.log"
+    cluster_logs = workdir / f"{fixture}-nodes"
+    cluster_logs.mkdir()
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from scripts import bench; bench.child_main(sys.argv[2:])"
+    args = [sys.executable, "-c", code, str(ROOT), fixture, ",".join(r.key for r in rows), "1" if quick else "0",
+            str(results), str(pidfile), str(cluster_logs)]
+    budget = sum(r.timeout + FIXTURE_STARTUP for r in rows) + 15  # a backstop: rows have their own deadlines
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
+        try:
+            child.wait(budget)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGTERM)  # the child stops its cluster on the way out
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            _kill_recorded(pidfile)
+    found: dict[str, dict[str, Any]] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            record = json.loads(line)
+            found[record["key"]] = record
+    for row in rows:
+        if row.key not in found:
+            tail = (log_path.read_text(errors="replace").strip().splitlines() or ["(empty)"])[-1]
+            why = f"no result: the {fixture} fixture ended (exit code {child.returncode}); last log line: {tail}"
+            found[row.key] = {"key": row.key, "error": why}
+    return found
+
+
+def _kill_recorded(pidfile: Path) -> None:
+    """Last resort: kill what the child started if it is still there and is ours."""
+    if not pidfile.exists():
+        return
+    for line in pidfile.read_text().split():
+        pid = int(line)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"hermes" in cmdline or b"multiprocessing" in cmdline or b"bench" in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "rate":
+        return f"{value / 1e6:.2f} M/s" if value >= 1e5 else f"{value / 1e3:.1f} k/s"
+    if unit == "us":
+        return f"{value:.1f} us"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "s":
+        return f"{value:.3f} s"
+    return f"{value:,.0f} B"
+
+
+def table_lines(results: dict[str, dict[str, Any]], rows: list[Row]) -> list[str]:
+    header = ["#", "metric", "Hermes", "same-run baseline", "ratio", "target", "result"]
+    lines, notes = [], []
+    for row in rows:
+        r = results[row.key]
+        if "error" in r:
+            lines.append([str(row.issue), row.metric, "-", "-", "-", row.target, "ERROR"])
+            notes.append(f"{row.key}: {r['error']}")
+            continue
+        h, b = r["hermes"], r["baseline"]
+        base = f"{fmt(b, row.unit)} ({row.baseline})" if b is not None else "-"
+        ratio = f"{h / b:.2f}x" if b else "-"
+        lines.append([str(row.issue), row.metric, fmt(h, row.unit), base, ratio, row.target,
+                      "pass" if row.check(h, b) else "FAIL"])
+        if r.get("note"):
+            notes.append(f"{row.key}: {r['note']}")
+    widths = [max(len(x[i]) for x in [header] + lines) for i in range(len(header))]
+    render = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [render(header), "-+-".join("-" * w for w in widths)] + [render(x) for x in lines]
+    return out + [""] + [f"  {n}" for n in notes]
+
+
+def select_rows(only: list[str]) -> list[Row]:
+    if not only:
+        return list(ROWS)
+    wanted = {w.strip() for item in only for w in item.split(",") if w.strip()}
+    chosen = [r for r in ROWS if r.key in wanted or f"issue{r.issue}" in wanted or r.fixture in wanted]
+    unknown = wanted - {r.key for r in ROWS} - {f"issue{r.issue}" for r in ROWS} - {r.fixture for r in ROWS}
+    if unknown:
+        raise SystemExit(f"unknown row(s) {sorted(unknown)}; see --list")
+    return chosen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run (smaller counts, fewer churn runs)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="a row key, issueN or fixture name; repeatable or comma-separated")
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) even if all went well")
+    options = parser.parse_args()
+    if options.list:
+        for row in ROWS:
+            print(f"{row.key:16} issue {row.issue}  {row.fixture:8} {row.metric}  (target {row.target})")
+        return 0
+    rows = select_rows(options.only)
+    workdir = Path(tempfile.mkdtemp(prefix="hermes-bench-"))
+    started = time.monotonic()
+    print(f"Hermes bench ({'quick' if options.quick else 'full'}), {len(rows)} rows; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; work folder {workdir}", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for fixture in ("local", "pair", "trio", "service"):
+        chosen = [r for r in rows if r.fixture == fixture]
+        if chosen:
+            t0 = time.monotonic()
+            results.update(run_fixture(fixture, chosen, options.quick, workdir))
+            print(f"  {fixture}: {len(chosen)} rows in {time.monotonic() - t0:.0f} s", flush=True)
+    print()
+    print("\n".join(table_lines(results, sorted(rows, key=lambda r: r.issue))))
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    errors = any("error" in results[r.key] for r in rows)
+    if errors or options.keep:
+        print(f"logs kept in {workdir}")
+    else:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    failed = errors or not all(r.check(results[r.key]["hermes"], results[r.key]["baseline"]) for r in rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
