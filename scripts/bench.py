@@ -1081,7 +1081,7 @@ def churn_worst_lag(clients: list[Any], address: tuple[str, int], cookie: bytes,
         checker.close()
 
 
-def service_rows(settings: Settings, log: Callable[[str], None]) -> dict[str, Callable[[], Any]]:
+def service_rows(settings: Settings) -> dict[str, Callable[[], Any]]:
     def churn() -> Any:
         import secrets
 
@@ -1162,7 +1162,7 @@ def child_main(argv: list[str]) -> None:
     signal.signal(signal.SIGALRM, on_alarm)
 
     if fixture == "service":
-        run_rows(rows, out, lambda: (service_rows(settings, print), lambda: None))
+        run_rows(rows, out, lambda: (service_rows(settings), lambda: None))
         return
     names = [f"bench{n}" for n in (["a", "b"] if fixture == "pair" else ["a", "b", "c"])]
 

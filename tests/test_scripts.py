@@ -17,9 +17,8 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 

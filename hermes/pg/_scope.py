@@ -44,6 +44,10 @@ class Scope(Actor):
         self.monitors: dict[Ref, tuple[Pid, Any]] = {}  # ref -> (watcher, group)
         self.monitors_of: dict[Pid, set[Ref]] = {}  # watcher -> its refs, dropped when it exits
         self.client: Any = None
+        self.service_lost = False
+        self.held: list[tuple[str, Any]] | None = None  # feed items held while nodes resync
+        self.resync_grace = 3.0
+        self.quiet = False  # applying held items: monitors get the net difference after
         self.node.pg_scope = self  # type: ignore[attr-defined]
         self.node.exit_hooks.append(self._actor_exited)
 
@@ -141,6 +145,40 @@ class Scope(Actor):
     # -- remote changes (on the loop, from the feed or the mesh) -------------
 
     def apply_feed(self, kind: str, payload: Any) -> None:
+        """One item of the service's feed (see ``ServiceClient``), on the loop.
+
+        After the service comes back (a new session after a lost one), every
+        live node re-registers and re-sends its memberships within a lease
+        period. The feed's first answers are then partial: applied one by one
+        they would show members leaving and joining again. So they are held
+        for ``resync_grace`` seconds and applied at once, and monitors see
+        only what really changed (usually nothing): soft state, no flapping."""
+        if kind == "service_down":
+            self.service_lost = True
+        elif kind == "service_up":
+            if self.service_lost and self.held is None:
+                self.held = []
+                self.node.loop.call_later(self.resync_grace, self._release_held)
+            self.service_lost = False
+        elif self.held is not None:
+            self.held.append((kind, payload))
+        else:
+            self._apply_feed(kind, payload)
+
+    def _release_held(self) -> None:
+        held, self.held = self.held or [], None
+        before = {name: self._visible_groups(name) for name in self.remote}
+        self.quiet = True
+        try:
+            for kind, payload in held:
+                self._apply_feed(kind, payload)
+        finally:
+            self.quiet = False
+        self.cache.clear()
+        for name in set(before) | set(self.remote):
+            self._diff_events(before.get(name, {}), self._visible_groups(name))
+
+    def _apply_feed(self, kind: str, payload: Any) -> None:
         if kind == "snapshot":
             self._apply_snapshot(*payload)
         elif kind == "events":
@@ -253,7 +291,7 @@ class Scope(Actor):
 
     def _changed(self, group: Any, kind: str, pids: list[Pid]) -> None:
         self.cache.pop(group, None)
-        if not self.monitors:
+        if self.quiet or not self.monitors:
             return
         for ref, (watcher, watched) in list(self.monitors.items()):
             if watched == group:

@@ -70,6 +70,7 @@ async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.
     client = ServiceClient(address, dist.cookie, node.name, node.creation, tuple(dist.local.address),
                            on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl)
     scope.client = client
+    scope.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))
     dist.down_listeners.append(lambda name, creation, lost: lost and client.report_down(name, creation))
     client.start()
