@@ -2,12 +2,14 @@
 
 - ``subscribe`` registers the caller in the node's duplicate Registry under
   the topic; ``unsubscribe`` removes all of its entries.
-- ``publish`` pickles the message once, sends one ``Forward`` frame to the
-  ``PGServer`` of every other node in the group ``("hermes", name)``, and
-  delivers to this node's subscribers before it returns.
-- A ``PGServer`` receiving a ``Forward`` unpickles it once and fans it out to
-  its own node's subscribers: a publish of a 20 kB message to 200 subscribers
-  on another node writes about 20 kB, not 200 copies.
+- ``publish`` pickles one frame, ``(FORWARD, topic, msg, exclude)`` addressed
+  to the PGServer's registered name, and writes those same bytes once to every
+  other node that has a member in the group ``("hermes", name)``; then it
+  delivers to this node's subscribers, before it returns.
+- A ``PGServer`` receiving a forward fans it out to its own node's
+  subscribers: a publish of a 20 kB message to 200 subscribers on another
+  node writes about 20 kB, not 200 copies, and is pickled once however many
+  nodes there are.
 
 If the message must cross nodes and cannot be pickled, ``publish`` raises
 ``SerializationError`` before anyone, local or remote, receives it.
@@ -18,9 +20,10 @@ import logging
 from typing import Any
 
 from . import pg, registry
-from ._errors import HermesError
-from .dist._codec import dumps, loads
-from .runtime import Actor, Pid
+from ._errors import HermesError, SerializationError
+from .dist._codec import dumps
+from .pg._scope import get_scope
+from .runtime import Actor, Pid, register
 from .runtime import _node as _nodemod
 
 log = logging.getLogger("hermes.pubsub")
@@ -28,18 +31,7 @@ log = logging.getLogger("hermes.pubsub")
 DEFAULT = "hermes.pubsub"
 
 
-class Forward:
-    """The one frame per remote node: a topic and the already pickled message."""
-
-    __slots__ = ("topic", "payload", "exclude")
-
-    def __init__(self, topic: Any, payload: bytes, exclude: Pid | None) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.exclude = exclude
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Forward, (self.topic, self.payload, self.exclude))
+FORWARD = "hermes.pubsub.forward"  # tags the tuple a PGServer receives from another node
 
 
 class PGServer(Actor):
@@ -48,19 +40,16 @@ class PGServer(Actor):
     def __init__(self, name: str, registry_name: str) -> None:
         self.name = name
         self.registry_name = registry_name
+        register(name)  # remote publishes are addressed (name, node): one frame fits every node
         _instances()[name] = self
         pg.join(group_of(name))
 
     def handle_info(self, msg: Any) -> None:
-        if type(msg) is not Forward:
-            log.warning("PGServer %s ignored a message that is not a Forward: %r", self.name, type(msg))
+        if type(msg) is not tuple or len(msg) != 4 or msg[0] != FORWARD:
+            log.warning("PGServer %s ignored a message that is not a forward: %r", self.name, type(msg))
             return
-        try:
-            message = loads(msg.payload)
-        except Exception:
-            log.error("PGServer %s could not unpickle a message on topic %r", self.name, msg.topic, exc_info=True)
-            return
-        _deliver_local(self.registry_name, msg.topic, message, msg.exclude)
+        _, topic, message, exclude = msg
+        _deliver_local(self.registry_name, topic, message, exclude)
 
     def terminate(self, reason: Any) -> None:
         _instances().pop(self.name, None)
@@ -144,15 +133,24 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
     node: nothing). Local subscribers have the message when this returns."""
     server = _server(pubsub)
     here = _nodemod._node
-    remote = [pid for pid in pg.get_members(group_of(server.name))
-              if pid[0] != here.name and (node is None or pid[0] == node)]  # type: ignore[union-attr]
+    name = here.name  # type: ignore[union-attr]
+    remote = {pid[0] for pid in get_scope().members_view(group_of(server.name))
+              if pid[0] != name and (node is None or pid[0] == node)}
     if remote:
-        frame = Forward(topic, dumps(msg), exclude)  # pickled once, before anyone gets it
+        payload = _pickle_forward(server.name, topic, msg, exclude)  # before anyone gets it
         dist = here.dist  # type: ignore[union-attr]
-        for pid in remote:
-            dist.send(pid, frame)
-    if node is None or node == here.name:  # type: ignore[union-attr]
+        for other in remote:
+            dist.send_payload(other, payload)
+    if node is None or node == name:
         _deliver_local(server.registry_name, topic, msg, exclude)
+
+
+def _pickle_forward(server: str, topic: Any, msg: Any, exclude: Pid | None) -> bytes:
+    try:
+        return dumps(("send_name", server, (FORWARD, topic, msg, exclude)))
+    except SerializationError:
+        dumps(msg)  # raise naming the message's own type, not our tuple's
+        raise
 
 
 async def start_default(node: Any, **_: Any) -> None:

@@ -29,6 +29,7 @@ import traceback
 from typing import Any, Callable
 
 from .._errors import HermesError, RemoteError, SerializationError
+from ..runtime._actor import Call
 from ..runtime._api import rpc_body
 from ..runtime._messages import NodeDown, NodeUp
 from ..runtime._node import Node
@@ -121,7 +122,7 @@ class Distribution:
         if conn.peer.creation != pid[1]:
             return  # an old incarnation's pid: dead
         try:
-            conn.send(("msg", pid, msg))
+            conn.send(("m", pid[2], msg))  # ids only: a Pid pickles ~7x slower than an int
         except SerializationError:
             self._check_picklable(msg)  # name the message's own type, not the frame's tuple
             raise
@@ -131,9 +132,6 @@ class Distribution:
         if conn is None:
             if signal[0] == "send_name":
                 self._check_picklable(signal[2])
-            return
-        if signal[0] == "reply":
-            self._send_reply(conn, signal)
             return
         try:
             conn.send(signal)
@@ -148,21 +146,24 @@ class Distribution:
         if conn is not None:
             conn.send_payload(payload)
 
-    def _send_reply(self, conn: Connection, signal: tuple[Any, ...]) -> None:
+    def call(self, pid: Pid, request: Any, sender: Pid | None, ref: Ref) -> None:
+        """One frame per remote call: the callee's node sets up the monitor, and
+        its reply ends it there, so no monitor/demonitor frames are needed."""
+        conn = self.conns[pid[0]]
         try:
-            conn.send(signal)
-            return
+            conn.send(("c", pid[2], request, sender[2] if sender is not None else None, ref[2]))
+        except SerializationError:
+            self._check_picklable(request)  # name the request's own type
+            raise
+
+    def reply(self, ref: Ref, value: Any) -> None:
+        conn = self.conns.get(ref[0])
+        if conn is None or conn.peer.creation != ref[1]:
+            return  # the caller's node (that incarnation) is gone
+        try:
+            conn.send(("r", ref[2], value))
         except SerializationError as exc:
-            value = signal[2]
-            if isinstance(value, tuple) and len(value) == 2 and value[0] == "error":
-                error = value[1]
-                text = "".join(traceback.format_exception(error))
-                replacement: Any = ("error", RemoteError(f"{type(error).__qualname__}: {error}", text))
-            elif isinstance(value, tuple) and len(value) == 2 and value[0] == "ok":
-                replacement = ("error", RemoteError(f"the result could not be sent back: {exc}"))
-            else:
-                raise
-        conn.send(("reply", signal[1], replacement))
+            conn.send(_unsendable_reply(ref[2], value, exc))
 
     @staticmethod
     def _check_picklable(msg: Any) -> None:
@@ -348,9 +349,24 @@ class Distribution:
 # -- what each frame does on arrival ----------------------------------------
 
 def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    proc = dist.node.procs.get(frame[1])
+    node = dist.node
+    proc = node.procs.get((node.name, node.creation, frame[1]))  # a plain tuple finds a Pid key
     if proc is not None:
         proc.deliver(frame[2])
+
+
+def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    _, pid_id, request, sender_id, ref_n = frame
+    node, peer = dist.node, conn.peer
+    ref = tuple.__new__(Ref, (peer.name, peer.creation, ref_n))
+    sender = tuple.__new__(Pid, (peer.name, peer.creation, sender_id)) if sender_id is not None else None
+    proc = node.procs.get((node.name, node.creation, pid_id))
+    if proc is None:
+        conn.send(("down", None, ref, Pid(node.name, node.creation, pid_id), "noproc"))
+        return
+    proc.signal_monitor(None, ref)  # its Down, if it dies first, goes back to the caller's node
+    node.call_monitors[ref] = proc
+    proc.deliver(Call(request, sender, ref))
 
 
 def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
@@ -358,7 +374,25 @@ def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) 
 
 
 def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.reply(frame[1], frame[2])
+    node = dist.node
+    node.reply((node.name, node.creation, frame[1]), frame[2])
+
+
+def _on_reply_error(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    node = dist.node
+    node.fail_pending((node.name, node.creation, frame[1]), frame[2])
+
+
+def _unsendable_reply(ref_n: int, value: Any, exc: SerializationError) -> tuple[Any, ...]:
+    """The frame to send instead of a reply that cannot be pickled: an rpc gets
+    ``("error", RemoteError)`` as its result; a call's caller gets the error raised."""
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "error":
+        error = value[1]
+        text = "".join(traceback.format_exception(error))
+        return ("r", ref_n, ("error", RemoteError(f"{type(error).__qualname__}: {error}", text)))
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "ok":
+        return ("r", ref_n, ("error", RemoteError(f"the result could not be sent back: {exc}")))
+    return ("x", ref_n, RemoteError(f"the reply could not be sent back: {exc}"))
 
 
 def _on_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
@@ -419,7 +453,7 @@ def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> N
 
 
 _HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
-    "msg": _on_msg, "send_name": _on_send_name, "reply": _on_reply, "exit": _on_exit,
+    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "exit": _on_exit,
     "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
     "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
     "bye": _on_bye,

@@ -67,6 +67,11 @@ class Scope(Actor):
             self.cache[group] = cached
         return list(cached)
 
+    def members_view(self, group: Any) -> list[Pid]:
+        """``members`` without the copy, for the publish path: do not mutate it."""
+        cached = self.cache.get(group)
+        return cached if cached is not None else self.members(group)
+
     def groups(self) -> list[Any]:
         found = dict.fromkeys(self.local)
         for name, (creation, buckets) in self.remote.items():

@@ -163,6 +163,7 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
     caller = current.get()
     ref = node_.make_ref()
     loop = node_.loop
+    replied = False
     fut: asyncio.Future[Any] = loop.create_future()
     proc = node_.procs.get(pid)
     node_.pending[ref] = fut
@@ -176,7 +177,9 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
             _call_remote(node_, pid, request, caller, ref)
         timer = loop.call_later(timeout, _expire_call, fut, timeout) if timeout is not None else None
         try:
-            return await fut
+            reply = await fut
+            replied = True
+            return reply
         finally:
             if timer is not None:
                 timer.cancel()
@@ -184,8 +187,8 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
         del node_.pending[ref]
         if proc is not None:
             proc.signal_demonitor(ref)
-        elif node_.pending_remote.pop(ref, None) is not None:
-            node_.route_demonitor(pid, ref)
+        elif node_.pending_remote.pop(ref, None) is not None and not replied:
+            node_.route_demonitor(pid, ref)  # a reply already ended the monitor on its node
 
 
 async def _whereis_on(node: str, name: str, dest: Any, timeout: float | None) -> Pid | None:
@@ -201,9 +204,8 @@ def _call_remote(node_: _nodemod.Node, pid: Pid, request: Any, caller: Process |
     state = node_.remote_state(pid)
     if state != "ok":
         raise ActorExited(pid, state)
-    node_.dist.send(pid, Call(request, caller.pid if caller else None, ref))  # type: ignore[union-attr]
+    node_.dist.call(pid, request, caller.pid if caller else None, ref)  # type: ignore[union-attr]
     node_.pending_remote[ref] = pid
-    node_.route_monitor(pid, None, ref)
 
 
 def _expire_call(fut: asyncio.Future[Any], timeout: float) -> None:

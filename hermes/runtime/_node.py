@@ -50,6 +50,7 @@ class Node:
         self.names: dict[str, Pid] = {}
         self.pending: dict[Ref, asyncio.Future[Any]] = {}  # call/rpc ref -> reply future
         self.pending_remote: dict[Ref, Pid | str] = {}  # ref -> remote callee pid, or rpc node
+        self.call_monitors: dict[Ref, Process] = {}  # a remote caller's ref -> our callee monitored
         self.node_watchers: dict[str, dict[Pid, int]] = {}
         self.all_node_watchers: set[Pid] = set()  # monitor_nodes(): NodeUp/NodeDown for every node
         self.dist: Distribution | None = None
@@ -175,7 +176,10 @@ class Node:
             if fut is not None and not fut.done():
                 fut.set_result(value)
         elif self.dist is not None:
-            self.dist.send_signal(ref[0], ("reply", ref, value))
+            callee = self.call_monitors.pop(ref, None)  # the reply ends the call's monitor here
+            if callee is not None and callee.monitors:
+                callee.monitors.pop(ref, None)
+            self.dist.reply(ref, value)  # type: ignore[attr-defined]
 
     def fail_pending(self, ref: Ref, exc: BaseException) -> None:
         fut = self.pending.get(ref)
@@ -227,6 +231,7 @@ class Node:
         proc = self.procs.get(dest)
         if proc is not None:
             proc.signal_demonitor(ref)
+            self.call_monitors.pop(ref, None)
         elif not self.is_local(dest):
             self._remote(dest, ("demonitor", dest, ref))
 
@@ -236,6 +241,7 @@ class Node:
             self.fail_pending(ref, ActorExited(pid, reason))
             return
         if watcher is None:  # a call's monitor: its ref names the caller's node
+            self.call_monitors.pop(ref, None)
             if ref[0] != self.name:
                 self._remote(ref, ("down", None, ref, pid, reason))  # type: ignore[arg-type]
             return
@@ -305,6 +311,7 @@ class Node:
         if proc.monitors:
             for ref in [r for r, w in proc.monitors.items() if (w if w is not None else r)[0] == node]:
                 del proc.monitors[ref]
+                self.call_monitors.pop(ref, None)
 
     # -- stopping -------------------------------------------------------------
 
