@@ -65,6 +65,7 @@ class Distribution:
         self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
         self.down_listeners: list[Callable[[str, int, bool], None]] = []  # name, creation, lost?
         self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
+        self.forward_targets: dict[str, Callable[[Any, Any, Any], None]] = {}  # see _on_forward
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beat = node.loop.time()
         self._stalled_at = float("-inf")
@@ -373,6 +374,20 @@ def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) 
     dist.node.send(frame[1], frame[2])
 
 
+FORWARD = "hermes.pubsub.forward"
+
+
+def _on_forward(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    """A publish from another node, for the actor registered as ``frame[1]``
+    (a PGServer): its ``forward_targets`` entry, or a message to that name."""
+    _, name, topic, msg, exclude = frame
+    target = dist.forward_targets.get(name)
+    if target is not None:
+        target(topic, msg, exclude)
+    else:
+        dist.node.send(name, (FORWARD, topic, msg, exclude))
+
+
 def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node
     node.reply((node.name, node.creation, frame[1]), frame[2])
@@ -453,7 +468,7 @@ def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> N
 
 
 _HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
-    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "exit": _on_exit,
+    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "f": _on_forward, "exit": _on_exit,
     "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
     "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
     "bye": _on_bye,
