@@ -14,9 +14,10 @@ Rules:
   transport. ``connection_closed`` is called exactly once for every
   connection that reached ``connection_made``, established or not
   (``conn.peer is None`` tells it never was).
-- Writes are coalesced: ``send`` appends header + payload to one bytearray and
-  the first send of a loop turn schedules one ``flush`` with ``call_soon``, so
-  N sends in a turn cost one ``transport.write``. While the transport is
+- Writes are coalesced: ``send`` appends header + payload to one bytearray;
+  the first send of a loop turn is written at once (so a request/reply costs
+  no extra turn) and schedules one ``flush`` with ``call_soon`` for the rest,
+  so N sends in a turn cost two ``transport.write`` calls. While the transport is
   paused (peer slow), frames stay in that buffer, never dropped; order is kept.
 - Ticks, as Erlang's net_ticktime: every ``tick_interval`` a TICK is written if
   nothing else was, and the connection is closed when nothing at all arrived
@@ -162,7 +163,12 @@ class Connection(asyncio.Protocol):
         wbuf += payload
         self._pending_frames += 1
         if not self._flush_scheduled and self.authenticated:
+            # The first frame of a loop turn goes out at once (a request/reply
+            # then costs no extra turn); the rest of the turn's frames wait for
+            # one coalesced write at its end.
             self._flush_scheduled = True
+            if not self._paused:
+                self._write_buffer()
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
