@@ -16,15 +16,15 @@ import contextvars
 import itertools
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .._errors import ActorExited, HermesError, NoNode
+from ._actor import Actor
 from ._messages import Down, NodeDown
 from ._pid import Pid, Ref
 from ._process import DEAD, RUNNING, ActorProcess, Process, TaskProcess, current
 
-if TYPE_CHECKING:
-    from ._actor import Actor
+_new_tuple = tuple.__new__
 
 log = logging.getLogger("hermes.runtime")
 
@@ -64,7 +64,7 @@ class Node:
     # -- identities -----------------------------------------------------------
 
     def new_pid(self) -> Pid:
-        return Pid(self.name, self.creation, next(self._pid_ids))
+        return _new_tuple(Pid, (self.name, self.creation, next(self._pid_ids)))  # skips Pid.__new__
 
     def make_ref(self) -> Ref:
         return Ref(self.name, self.creation, next(self._ref_ids))
@@ -78,8 +78,6 @@ class Node:
     def spawn(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
               parent: Process | None, link: bool, pid: Pid | None = None,
               remote_link: Pid | None = None) -> Pid:
-        from ._actor import Actor  # noqa: F811 - import cycle: _actor needs the node
-
         if pid is None:
             pid = self.new_pid()
         parent_pid = parent.pid if parent is not None else None
@@ -104,6 +102,10 @@ class Node:
                     kwargs: dict[str, Any]) -> None:
         actor = cls.__new__(cls)
         actor._hermes_proc = proc
+        if cls.__init__ is Actor.__init__:  # nothing to run (100k idle actors spawn faster)
+            proc.actor = actor
+            proc.started()
+            return
         token = current.set(proc)
         try:
             actor.__init__(*args, **kwargs)

@@ -287,6 +287,10 @@ class ActorProcess(Process):
                 self.scheduled = True
                 self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
 
+    def finalize(self) -> None:
+        super().finalize()
+        self.actor = None  # break the actor <-> process cycle: freed without a GC pass
+
     def stop_running(self, reason: Any) -> None:
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
