@@ -90,7 +90,7 @@ def up(state: Path, names: list[str], host: str, port: int, timeout: float) -> i
 
 
 def _node_status() -> dict[str, Any]:
-    from hermes import pg, pubsub, registry
+    from hermes import pg, registry
 
     table = registry._table(None).table
     return {"nodes": hermes.nodes(), "groups": {repr(g): len(pg.get_members(g)) for g in pg.which_groups()},

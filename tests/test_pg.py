@@ -565,7 +565,7 @@ def test_remote_monitor_events(c):
 @pytest.mark.timeout(60)
 def test_netsplit(c):
     """Members of a disconnected node vanish at once and come back with the connection."""
-    a, b = c.nodes[0], c.nodes[1]
+    b = c.nodes[1]
     old, = on(c, "b", spawn_and_join, "$invisible")
     converge(c, ["a"], members, "$invisible", expect=[old])
     on(c, "a", start_event_log, "log-netsplit", "$invisible")

@@ -2,8 +2,8 @@
 
 It owns the listener and one authenticated ``Connection`` per peer name, and
 turns the runtime's remote operations into frames and frames back into
-runtime operations. Frames are tuples whose first item is a tag; the tag
-table ``_HANDLERS`` says what each does on arrival.
+runtime operations. Frames are tuples whose first item is a tag; the table
+in ``_frames`` says what each does on arrival.
 
 Rules:
 - one connection per peer: a duplicate is refused at the handshake; when two
@@ -17,7 +17,9 @@ Rules:
 - on a lost connection the runtime fails links, monitors and calls with
   ``"noconnection"`` and the node-down listeners (pg, discovery) are told.
 
-It knows nothing of pubsub, registries or process groups.
+It knows nothing of registries or process groups, and of pubsub only that a
+publish (a ``forward`` frame) goes to a named local target that the pubsub
+layer registers in ``forward_targets``.
 """
 from __future__ import annotations
 
@@ -25,17 +27,15 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-import traceback
 from typing import Any, Callable
 
-from .._errors import HermesError, RemoteError, SerializationError
-from ..runtime._actor import Call
-from ..runtime._api import rpc_body
+from .._errors import HermesError, SerializationError
 from ..runtime._messages import NodeDown, NodeUp
 from ..runtime._node import Node
 from ..runtime._pid import Pid, Ref
 from ._connection import Connection, PeerInfo, PeerRefusedError, open_connection, start_listener
 from ._cookie import resolve_cookie
+from ._frames import FORWARD, HANDLERS, unsendable_reply
 
 log = logging.getLogger("hermes.dist")
 
@@ -164,7 +164,7 @@ class Distribution:
         try:
             conn.send(("r", ref[2], value))
         except SerializationError as exc:
-            conn.send(_unsendable_reply(ref[2], value, exc))
+            conn.send(unsendable_reply(ref[2], value, exc))
 
     @staticmethod
     def _check_picklable(msg: Any) -> None:
@@ -340,7 +340,7 @@ class Distribution:
 
     def frame_received(self, conn: Connection, frame: Any) -> None:
         try:
-            handler = _HANDLERS[frame[0]]
+            handler = HANDLERS[frame[0]]
         except (KeyError, TypeError, IndexError):
             log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
             return
@@ -348,132 +348,6 @@ class Distribution:
 
 
 # -- what each frame does on arrival ----------------------------------------
-
-def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    node = dist.node
-    proc = node.procs.get((node.name, node.creation, frame[1]))  # a plain tuple finds a Pid key
-    if proc is not None:
-        proc.deliver(frame[2])
-
-
-def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    _, pid_id, request, sender_id, ref_n = frame
-    node, peer = dist.node, conn.peer
-    ref = tuple.__new__(Ref, (peer.name, peer.creation, ref_n))
-    sender = tuple.__new__(Pid, (peer.name, peer.creation, sender_id)) if sender_id is not None else None
-    proc = node.procs.get((node.name, node.creation, pid_id))
-    if proc is None:
-        conn.send(("down", None, ref, Pid(node.name, node.creation, pid_id), "noproc"))
-        return
-    proc.signal_monitor(None, ref)  # its Down, if it dies first, goes back to the caller's node
-    node.call_monitors[ref] = proc
-    proc.deliver(Call(request, sender, ref))
-
-
-def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.send(frame[1], frame[2])
-
-
-FORWARD = "hermes.pubsub.forward"
-
-
-def _on_forward(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    """A publish from another node, for the actor registered as ``frame[1]``
-    (a PGServer): its ``forward_targets`` entry, or a message to that name."""
-    _, name, topic, msg, exclude = frame
-    target = dist.forward_targets.get(name)
-    if target is not None:
-        target(topic, msg, exclude)
-    else:
-        dist.node.send(name, (FORWARD, topic, msg, exclude))
-
-
-def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    node = dist.node
-    node.reply((node.name, node.creation, frame[1]), frame[2])
-
-
-def _on_reply_error(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    node = dist.node
-    node.fail_pending((node.name, node.creation, frame[1]), frame[2])
-
-
-def _unsendable_reply(ref_n: int, value: Any, exc: SerializationError) -> tuple[Any, ...]:
-    """The frame to send instead of a reply that cannot be pickled: an rpc gets
-    ``("error", RemoteError)`` as its result; a call's caller gets the error raised."""
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "error":
-        error = value[1]
-        text = "".join(traceback.format_exception(error))
-        return ("r", ref_n, ("error", RemoteError(f"{type(error).__qualname__}: {error}", text)))
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "ok":
-        return ("r", ref_n, ("error", RemoteError(f"the result could not be sent back: {exc}")))
-    return ("x", ref_n, RemoteError(f"the reply could not be sent back: {exc}"))
-
-
-def _on_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.route_exit(frame[1], frame[2], frame[3])
-
-
-def _on_link_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.route_unlink_and_exit(frame[1], frame[2], frame[3])
-
-
-def _on_link(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.route_link(frame[1], frame[2])
-
-
-def _on_unlink(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.route_unlink(frame[1], frame[2])
-
-
-def _on_monitor(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.route_monitor(frame[1], frame[2], frame[3])
-
-
-def _on_demonitor(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.route_demonitor(frame[1], frame[2])
-
-
-def _on_down(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    dist.node.route_down(frame[1], frame[2], frame[3], frame[4])
-
-
-def _on_spawn(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    _, pid, target, args, kwargs, link_from = frame
-    node = dist.node
-    if pid[0] != node.name or pid[1] != node.creation or pid in node.procs:
-        if link_from is not None:
-            node.route_exit(link_from, pid, "noproc")
-        return
-    try:
-        node.spawn(target, args, kwargs, parent=None, link=False, pid=pid, remote_link=link_from)
-    except TypeError as exc:
-        log.error("remote spawn from %s failed: %s", conn.peer.name, exc)
-        if link_from is not None:
-            node.route_exit(link_from, pid, exc)
-
-
-def _on_rpc(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    _, ref, fn, args, kwargs = frame
-    dist.node.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
-
-
-def _on_bye(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    conn.close("disconnected by peer")
-
-
-def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    for name, address in frame[1]:
-        dist.connect_soon(name, tuple(address))
-
-
-_HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
-    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "f": _on_forward, "exit": _on_exit,
-    "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
-    "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
-    "bye": _on_bye,
-}
-
 
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
@@ -516,4 +390,4 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     return (host, int(port))
 
 
-__all__ = ["Distribution", "Ref", "start"]
+__all__ = ["FORWARD", "Distribution", "start"]

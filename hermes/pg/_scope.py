@@ -18,7 +18,6 @@ Empty groups are never listed: a group key exists only while it has members.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any, Iterable
 
 from ..runtime import Actor, Pid, Ref, register, send

@@ -1,0 +1,161 @@
+"""What each frame does when it arrives from a peer: the frame table.
+
+A frame is a tuple whose first item is its tag. The hot ones carry plain ids
+instead of ``Pid``/``Ref`` objects (a Pid pickles ~7x slower than an int):
+the receiving node and the sending peer imply the rest.
+
+| tag | frame | on arrival |
+|---|---|---|
+| ``m`` | ``(m, id, msg)`` | deliver ``msg`` to our actor ``id`` |
+| ``c`` | ``(c, id, request, sender_id, ref_n)`` | a call: monitor the callee for the caller, deliver ``Call`` |
+| ``r`` / ``x`` | ``(r, ref_n, value)`` / ``(x, ref_n, error)`` | a reply (or its error) for our pending call ``ref_n`` |
+| ``f`` | ``(f, name, topic, msg, exclude)`` | a publish, for the PGServer registered as ``name`` |
+| ``send_name`` | ``(send_name, name, msg)`` | deliver to our actor registered as ``name`` |
+| ``exit``, ``link_exit``, ``link``, ``unlink``, ``monitor``, ``demonitor``, ``down`` | pids and refs in full | the runtime's signals |
+| ``spawn`` / ``rpc`` | target, args, kwargs | start an actor (or an rpc's temporary actor) here |
+| ``peers`` | ``[(name, address)]`` | mesh completion: connect to those we lack |
+| ``bye`` | | the peer hangs up on purpose: not a failure to report |
+
+It knows the runtime's routing, never the transport's internals.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from .._errors import RemoteError, SerializationError
+from ..runtime._actor import Call
+from ..runtime._api import rpc_body
+from ..runtime._pid import Pid, Ref
+from ._connection import Connection
+
+if TYPE_CHECKING:
+    from ._manager import Distribution
+
+log = logging.getLogger("hermes.dist")
+
+def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    node = dist.node
+    proc = node.procs.get((node.name, node.creation, frame[1]))  # a plain tuple finds a Pid key
+    if proc is not None:
+        proc.deliver(frame[2])
+
+
+def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    _, pid_id, request, sender_id, ref_n = frame
+    node, peer = dist.node, conn.peer
+    ref = tuple.__new__(Ref, (peer.name, peer.creation, ref_n))
+    sender = tuple.__new__(Pid, (peer.name, peer.creation, sender_id)) if sender_id is not None else None
+    proc = node.procs.get((node.name, node.creation, pid_id))
+    if proc is None:
+        conn.send(("down", None, ref, Pid(node.name, node.creation, pid_id), "noproc"))
+        return
+    proc.signal_monitor(None, ref)  # its Down, if it dies first, goes back to the caller's node
+    node.call_monitors[ref] = proc
+    proc.deliver(Call(request, sender, ref))
+
+
+def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.send(frame[1], frame[2])
+
+
+FORWARD = "hermes.pubsub.forward"
+
+
+def _on_forward(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    """A publish from another node, for the actor registered as ``frame[1]``
+    (a PGServer): its ``forward_targets`` entry, or a message to that name."""
+    _, name, topic, msg, exclude = frame
+    target = dist.forward_targets.get(name)
+    if target is not None:
+        target(topic, msg, exclude)
+    else:
+        dist.node.send(name, (FORWARD, topic, msg, exclude))
+
+
+def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    node = dist.node
+    node.reply((node.name, node.creation, frame[1]), frame[2])
+
+
+def _on_reply_error(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    node = dist.node
+    node.fail_pending((node.name, node.creation, frame[1]), frame[2])
+
+
+def unsendable_reply(ref_n: int, value: Any, exc: SerializationError) -> tuple[Any, ...]:
+    """The frame to send instead of a reply that cannot be pickled: an rpc gets
+    ``("error", RemoteError)`` as its result; a call's caller gets the error raised."""
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "error":
+        error = value[1]
+        text = "".join(traceback.format_exception(error))
+        return ("r", ref_n, ("error", RemoteError(f"{type(error).__qualname__}: {error}", text)))
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "ok":
+        return ("r", ref_n, ("error", RemoteError(f"the result could not be sent back: {exc}")))
+    return ("x", ref_n, RemoteError(f"the reply could not be sent back: {exc}"))
+
+
+def _on_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_exit(frame[1], frame[2], frame[3])
+
+
+def _on_link_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_unlink_and_exit(frame[1], frame[2], frame[3])
+
+
+def _on_link(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_link(frame[1], frame[2])
+
+
+def _on_unlink(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_unlink(frame[1], frame[2])
+
+
+def _on_monitor(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_monitor(frame[1], frame[2], frame[3])
+
+
+def _on_demonitor(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_demonitor(frame[1], frame[2])
+
+
+def _on_down(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    dist.node.route_down(frame[1], frame[2], frame[3], frame[4])
+
+
+def _on_spawn(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    _, pid, target, args, kwargs, link_from = frame
+    node = dist.node
+    if pid[0] != node.name or pid[1] != node.creation or pid in node.procs:
+        if link_from is not None:
+            node.route_exit(link_from, pid, "noproc")
+        return
+    try:
+        node.spawn(target, args, kwargs, parent=None, link=False, pid=pid, remote_link=link_from)
+    except TypeError as exc:
+        log.error("remote spawn from %s failed: %s", conn.peer.name, exc)
+        if link_from is not None:
+            node.route_exit(link_from, pid, exc)
+
+
+def _on_rpc(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    _, ref, fn, args, kwargs = frame
+    dist.node.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
+
+
+def _on_bye(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    conn.close("disconnected by peer")
+
+
+def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    for name, address in frame[1]:
+        dist.connect_soon(name, tuple(address))
+
+
+HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
+    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "f": _on_forward, "exit": _on_exit,
+    "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
+    "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
+    "bye": _on_bye,
+}
