@@ -84,16 +84,16 @@ def _on_reply_error(dist: Distribution, conn: Connection, frame: tuple[Any, ...]
     node.fail_pending((node.name, node.creation, frame[1]), frame[2])
 
 
-def unsendable_reply(ref_n: int, value: Any, exc: SerializationError) -> tuple[Any, ...]:
+def unsendable_reply(ref_n: int, value: Any, exc: SerializationError, rpc: bool) -> tuple[Any, ...]:
     """The frame to send instead of a reply that cannot be pickled: an rpc gets
-    ``("error", RemoteError)`` as its result; a call's caller gets the error raised."""
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "error":
-        error = value[1]
-        text = "".join(traceback.format_exception(error))
-        return ("r", ref_n, ("error", RemoteError(f"{type(error).__qualname__}: {error}", text)))
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "ok":
-        return ("r", ref_n, ("error", RemoteError(f"the result could not be sent back: {exc}")))
-    return ("x", ref_n, RemoteError(f"the reply could not be sent back: {exc}"))
+    ``("error", RemoteError)`` as its answer; a call's caller gets the error raised."""
+    if not rpc:
+        return ("x", ref_n, RemoteError(f"the reply could not be sent back: {exc}"))
+    kind, result = value
+    if kind == "error":
+        text = "".join(traceback.format_exception(result))
+        return ("r", ref_n, ("error", RemoteError(f"{type(result).__qualname__}: {result}", text)))
+    return ("r", ref_n, ("error", RemoteError(f"the result could not be sent back: {exc}")))
 
 
 def _on_exit(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:

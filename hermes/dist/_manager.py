@@ -66,6 +66,7 @@ class Distribution:
         self.down_listeners: list[Callable[[str, int, bool], None]] = []  # name, creation, lost?
         self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
         self.forward_targets: dict[str, Callable[[Any, Any, Any], None]] = {}  # see _on_forward
+        self.extensions: dict[str, Callable[[Connection, tuple[Any, ...]], None]] = {}  # upper layers' frames
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beat = node.loop.time()
         self._stalled_at = float("-inf")
@@ -157,14 +158,14 @@ class Distribution:
             self._check_picklable(request)  # name the request's own type
             raise
 
-    def reply(self, ref: Ref, value: Any) -> None:
+    def reply(self, ref: Ref, value: Any, rpc: bool = False) -> None:
         conn = self.conns.get(ref[0])
         if conn is None or conn.peer.creation != ref[1]:
             return  # the caller's node (that incarnation) is gone
         try:
             conn.send(("r", ref[2], value))
         except SerializationError as exc:
-            conn.send(unsendable_reply(ref[2], value, exc))
+            conn.send(unsendable_reply(ref[2], value, exc, rpc))
 
     @staticmethod
     def _check_picklable(msg: Any) -> None:
@@ -342,7 +343,11 @@ class Distribution:
         try:
             handler = HANDLERS[frame[0]]
         except (KeyError, TypeError, IndexError):
-            log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
+            extension = self.extensions.get(frame[0]) if type(frame) is tuple and frame else None
+            if extension is None:
+                log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
+                return
+            extension(conn, frame)
             return
         handler(self, conn, frame)
 

@@ -43,6 +43,7 @@ class Scope(Actor):
         self.monitors: dict[Ref, tuple[Pid, Any]] = {}  # ref -> (watcher, group)
         self.monitors_of: dict[Pid, set[Ref]] = {}  # watcher -> its refs, dropped when it exits
         self.client: Any = None
+        self.over_mesh = False  # no service: memberships travel on the mesh (pg_sync/pg_delta)
         self.service_lost = False
         self.held: list[tuple[str, Any]] | None = None  # feed items held while nodes resync
         self.resync_grace = 3.0
@@ -142,6 +143,33 @@ class Scope(Actor):
     def _push(self, changes: list[tuple[str, Any, list[Pid]]]) -> None:
         if self.client is not None:
             self.client.push(changes)
+        elif self.over_mesh:
+            dist = self.node.dist
+            for conn in list(dist.conns.values()):  # type: ignore[union-attr]
+                if not conn.peer.hidden:
+                    conn.send(("pg_delta", changes))
+
+    # -- without a service: membership over the mesh, as Erlang's pg ---------
+
+    def mesh_connected(self, conn: Any) -> None:
+        """A new connection: send it our whole local membership."""
+        if not conn.peer.hidden:
+            conn.send(("pg_sync", self.local_snapshot()))
+
+    def mesh_sync(self, conn: Any, frame: tuple[Any, ...]) -> None:
+        peer = conn.peer
+        if peer.hidden:
+            return  # hidden nodes are in no group
+        before = self._visible_groups(peer.name)
+        self.remote[peer.name] = (peer.creation, {g: list(p) for g, p in frame[1].items() if p})
+        self.visibility_changed(peer.name, before)
+
+    def mesh_delta(self, conn: Any, frame: tuple[Any, ...]) -> None:
+        peer = conn.peer
+        if peer.hidden:
+            return
+        for kind, group, pids in frame[1]:
+            self._apply_membership(kind, peer.name, peer.creation, group, pids)
 
     def local_snapshot(self) -> dict[Any, list[Pid]]:
         return {group: list(members) for group, members in self.local.items()}

@@ -20,8 +20,8 @@ from ._scope import Scope, get_scope
 from ._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process
 
 log = logging.getLogger("hermes.pg")
-SERVICE_IDLE_EXIT = 60.0
-RECONCILE_INTERVAL = 1.0  # seconds between checks of the mesh against the directory  # a service a node started by itself outlives its last node by this
+SERVICE_IDLE_EXIT = 60.0  # a service a node started by itself outlives its last node by this
+RECONCILE_INTERVAL = 1.0  # seconds between checks of the mesh against the directory
 
 
 def parse_cluster(cluster: str) -> tuple[str, int]:
@@ -55,6 +55,8 @@ async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.
     if dist is not None:
         dist.up_listeners.append(lambda name, peer: scope.visibility_changed(name, {}))
         dist.down_listeners.append(lambda name, creation, lost: _node_lost(scope, name, creation))
+    if cluster is None and dist is not None and not dist.hidden:
+        _membership_over_mesh(scope, dist)  # static peers, or connect() by address
     if cluster is None or dist is None:
         return PgService(node, None)
     address = parse_cluster(cluster)
@@ -88,6 +90,15 @@ async def _reconcile(dist: Any, client: ServiceClient, interval: float) -> None:
         for name, (_creation, address) in client.nodes().items():
             if address is not None and name not in dist.conns:
                 dist.connect_soon(name, tuple(address))
+
+
+def _membership_over_mesh(scope: Scope, dist: Any) -> None:
+    """Without a service, nodes tell each other their memberships directly: the
+    whole local membership on each new connection, then every change."""
+    scope.over_mesh = True
+    dist.up_listeners.append(lambda name, peer: scope.mesh_connected(dist.conns[name]))
+    dist.extensions["pg_sync"] = scope.mesh_sync
+    dist.extensions["pg_delta"] = scope.mesh_delta
 
 
 def _node_lost(scope: Scope, name: str, creation: int) -> None:

@@ -354,7 +354,7 @@ async def rpc_body(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         result = fn(*args, **kwargs)
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             result = await result
-    except Exception as exc:
-        node_.reply(ref, ("error", exc))
+    except BaseException as exc:  # even SystemExit: it is the rpc's answer, not the node's end
+        node_.reply(ref, ("error", exc), rpc=True)
         return
-    node_.reply(ref, ("ok", result))
+    node_.reply(ref, ("ok", result), rpc=True)

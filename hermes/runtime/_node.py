@@ -172,7 +172,8 @@ class Node:
             return
         raise TypeError(f"not an actor address: {dest!r}")
 
-    def reply(self, ref: Ref, value: Any) -> None:
+    def reply(self, ref: Ref, value: Any, rpc: bool = False) -> None:
+        """Answer the call (or, with ``rpc``, the rpc) waiting on ``ref``."""
         if ref[0] == self.name:
             fut = self.pending.get(ref)
             if fut is not None and not fut.done():
@@ -181,7 +182,7 @@ class Node:
             callee = self.call_monitors.pop(ref, None)  # the reply ends the call's monitor here
             if callee is not None and callee.monitors:
                 callee.monitors.pop(ref, None)
-            self.dist.reply(ref, value)  # type: ignore[attr-defined]
+            self.dist.reply(ref, value, rpc)  # type: ignore[attr-defined]
 
     def fail_pending(self, ref: Ref, exc: BaseException) -> None:
         fut = self.pending.get(ref)
@@ -318,13 +319,13 @@ class Node:
     # -- stopping -------------------------------------------------------------
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every actor with ``"shutdown"``: newest first, each one's (async)
+        """Stop every actor with ``"shutdown"``: newest spawned first, each one's (async)
         ``terminate`` awaited before the next, and children of a live Supervisor
         left to it, so a supervisor stops its own children in its own order."""
         self.stopping = True
         deadline = self.loop.time() + timeout
         while self.procs and self.loop.time() < deadline:
-            for proc in sorted(self.procs.values(), key=lambda p: p.pid[2], reverse=True):
+            for proc in reversed(list(self.procs.values())):  # the table keeps spawn order
                 if proc.state != RUNNING or self._supervised(proc):
                     continue
                 proc.exit("shutdown")

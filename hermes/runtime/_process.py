@@ -221,7 +221,7 @@ class ActorProcess(Process):
         super().__init__(node, pid, parent)
         self.actor: Actor | None = None  # set once __init__ has returned
         self.kind = kind
-        self.calling: Ref | None = None  # the call being handled (for reply_later)
+        self.calling: Ref | None = None  # the call being handled (for defer_reply)
         self.scheduled = True  # no drain until __init__ has finished
         self.task: asyncio.Task[Any] | None = None
 
@@ -306,7 +306,7 @@ class ActorProcess(Process):
         token = current.set(self)
         try:
             result = actor.terminate(reason)
-        except Exception:
+        except BaseException:  # even SystemExit: a failing terminate must not stop the node
             log.error("actor %s (%s) raised in terminate", self.pid, self.describe_kind(), exc_info=True)
             result = None
         finally:
@@ -321,7 +321,7 @@ class ActorProcess(Process):
             await coro
         except asyncio.CancelledError:
             pass
-        except Exception:
+        except BaseException:
             log.error("actor %s (%s) raised in terminate", self.pid, self.describe_kind(), exc_info=True)
         finally:
             self.finalize()
