@@ -11,7 +11,8 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from hermes._errors import SerializationError
-from hermes.dist._connection import Connection, PeerInfo, open_connection, start_listener
+from hermes.dist._connection import Connection, PeerInfo
+from hermes.dist._endpoints import open_connection, start_listener
 from hermes.dist._handshake import FRAME_HEADER, Handshake, State
 
 pytestmark = pytest.mark.timeout(30)

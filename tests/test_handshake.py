@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from hermes._errors import HandshakeError
-from hermes.dist._connection import Connection, PeerInfo, PeerRefusedError, open_connection, start_listener
+from hermes.dist._connection import Connection, PeerInfo, PeerRefusedError
+from hermes.dist._endpoints import open_connection, start_listener
 from hermes.dist._cookie import ENV_VAR, resolve_cookie
 from hermes.dist._handshake import (
     FRAME_HEADER, MAGIC, Handshake, HandshakeRefused, State, connector_proof, encode_message,

@@ -2,7 +2,8 @@
 
 Owns the byte stream of one connection. It must not know about actors, pids,
 routing or what the frames mean: payloads are opaque pickled objects, handed
-to a delegate (the lead's distribution manager) one by one.
+to a delegate (the lead's distribution manager) one by one. Dialling and
+listening (``open_connection``, ``start_listener``) live in ``_endpoints``.
 
 Rules:
 
@@ -29,16 +30,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hermes._errors import HandshakeError, SerializationError
 from hermes.dist._codec import dumps, loads
 from hermes.dist._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
 
+if TYPE_CHECKING:
+    from hermes.dist._endpoints import open_connection, start_listener
+
 __all__ = [
     "DEFAULT_MAX_FRAME", "TICK_MISSES", "Connection", "ConnectionDelegate", "ConnectionStatistics",
-    "PeerInfo", "PeerRefusedError", "open_connection", "start_listener",
+    "PeerInfo", "PeerRefusedError",
 ]
 
 log = logging.getLogger(__name__)
@@ -439,65 +443,6 @@ class Connection(asyncio.Protocol):
         return f"{self.peer.name} ({self._address})" if self.peer else self._address
 
 
-# -- opening -----------------------------------------------------------------
-
-
-async def open_connection(
-    delegate: ConnectionDelegate, host: str, port: int, *, local: PeerInfo, cookie: bytes,
-    timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME, tick_interval: float = 1.0,
-) -> Connection:
-    """Connect and run the handshake; return the established connection.
-
-    Raises ``PeerRefusedError`` (the peer's NOK; a ``ConnectionRefusedError``
-    like a TCP refusal),
-    ``HandshakeError`` (authentication failed), ``TimeoutError`` (``timeout``
-    covers connect + handshake) or another ``OSError`` (unreachable).
-    """
-    loop = asyncio.get_running_loop()
-    conn = Connection(delegate, role="connect", local=local, cookie=cookie, max_frame=max_frame,
-                      tick_interval=tick_interval, handshake_timeout=timeout, loop=loop)
-    waiter = conn._waiter = loop.create_future()
-    try:
-        async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: conn, host, port)
-            failure = await waiter
-    except TimeoutError:
-        conn._fail("connect timeout", TimeoutError())
-        raise TimeoutError(f"connecting to {host}:{port} timed out after {timeout} s") from None
-    except BaseException:
-        conn.abort("connect cancelled")
-        raise
-    if failure is not None:
-        raise failure
-    return conn
-
-
-async def start_listener(
-    delegate: ConnectionDelegate | Callable[[], ConnectionDelegate], host: str, port: int, *,
-    local: PeerInfo, cookie: bytes, max_frame: int = DEFAULT_MAX_FRAME, tick_interval: float = 1.0,
-    handshake_timeout: float = 5.0,
-) -> asyncio.Server:
-    """Listen for peers. ``delegate`` is a delegate or a zero-argument factory of them.
-
-    If ``local.address`` has port 0, accepted connections announce the port
-    actually bound (read it back from ``server.sockets[0].getsockname()``).
-    """
-    _check_options(max_frame, tick_interval, handshake_timeout)
-    loop = asyncio.get_running_loop()
-    is_factory = isinstance(delegate, type) or not hasattr(delegate, "frame_received")
-    make_delegate = delegate if is_factory else (lambda: delegate)
-    identity = local
-
-    def accept() -> Connection:
-        return Connection(make_delegate(), role="accept", local=identity, cookie=cookie, max_frame=max_frame,
-                          tick_interval=tick_interval, handshake_timeout=handshake_timeout, loop=loop)
-
-    server = await loop.create_server(accept, host, port)
-    if local.address[1] == 0:
-        identity = replace(local, address=(local.address[0], server.sockets[0].getsockname()[1]))
-    return server
-
-
 def _check_options(max_frame: int, tick_interval: float, handshake_timeout: float) -> None:
     if not 0 < max_frame < 2**32:
         raise ValueError(f"max_frame must be in 1..2**32-1, not {max_frame}")
@@ -515,3 +460,4 @@ def _format_address(peername: Any) -> str:
     if isinstance(peername, tuple) and len(peername) >= 2:
         return f"{peername[0]}:{peername[1]}"
     return str(peername)
+

@@ -33,7 +33,8 @@ from .._errors import HermesError, SerializationError
 from ..runtime._messages import NodeDown, NodeUp
 from ..runtime._node import Node
 from ..runtime._pid import Pid, Ref
-from ._connection import Connection, PeerInfo, PeerRefusedError, open_connection, start_listener
+from ._connection import Connection, PeerInfo, PeerRefusedError
+from ._endpoints import open_connection, start_listener
 from ._cookie import resolve_cookie
 from ._frames import FORWARD, HANDLERS, unsendable_reply
 

@@ -1,11 +1,8 @@
-"""Talking to the pg service: one bounded connection, and a node's client (two threads).
+"""A node's session with the pg service (two threads), over ``_wire.ServiceConnection``.
 
-What it owns: the wire (``ServiceConnection``: the manager protocol over a socket
-with TCP_NODELAY and OS-level I/O timeouts, so no call outlives ``timeout``, not
-even against a SIGSTOPped service), and a node's session with the service
-(``ServiceClient``): registration, lease heartbeats, the upload of its
-memberships and the download of everybody's. The node hears of it through
-``on_event(kind, payload)``, called from the client's threads:
+What it owns: ``ServiceClient``: registration, lease heartbeats, the upload of
+the node's memberships and the download of everybody's. The node hears of it
+through ``on_event(kind, payload)``, called from the client's threads:
 
     ("service_up", None)            registered and synced on a (new) connection
     ("snapshot", (nodes, buckets))  full state; replaces what the node knew
@@ -35,122 +32,24 @@ What it must not know: asyncio, actors, pids (members are opaque values).
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import socket
-import struct
 import threading
 import time
-from multiprocessing import AuthenticationError, connection, managers
+from multiprocessing import AuthenticationError, managers
 from typing import Any, Callable
 
-from hermes._errors import HermesError, SerializationError
+from hermes._errors import HermesError
+from hermes.pg._wire import ServiceConnection, ServiceUnavailable, ping_service
 
 __all__ = ["ServiceClient", "ServiceConnection", "ServiceUnavailable", "ping_service"]
 
 log = logging.getLogger(__name__)
 
-DIRECTORY_ID = "directory"   # the well-known manager ident under which the server pins the Directory
-Address = tuple[str, int]
 Change = tuple[str, Any, list[Any]]
 OnEvent = Callable[[str, Any], None]
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 1.0
 # After a non-empty feed answer, let events gather this long before polling again: under
 # churn it cuts the answers (and thread wake-ups) several-fold; a quiet feed still wakes at once.
 FEED_COALESCE = 0.01
-
-
-class ServiceUnavailable(HermesError, ConnectionError):
-    """The pg service could not be reached, or the connection to it broke or timed out."""
-
-
-# -- the wire: one bounded manager connection -------------------------------------------------
-
-
-def tune_socket(sock: socket.socket, io_timeout: float | None = None) -> None:
-    """TCP_NODELAY (a manager call is ~177 ms without it) and, optionally, OS-level I/O timeouts."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if io_timeout is not None:
-        # SO_RCVTIMEO/SO_SNDTIMEO, not settimeout(): multiprocessing.connection reads the
-        # raw fd with os.read, which needs a blocking fd; on timeout it raises BlockingIOError.
-        seconds = int(io_timeout)
-        timeval = struct.pack("@ll", seconds, int((io_timeout - seconds) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-
-
-class ServiceConnection:
-    """One authenticated manager connection bound to the Directory; every wait is bounded.
-
-    Not thread-safe: one connection per thread. ``abort()`` may be called from any
-    thread to wake a blocked call (it then fails with ``ServiceUnavailable``).
-    """
-
-    def __init__(self, address: Address, cookie: bytes, *, timeout: float = 2.0, name: str = "hermes-pg") -> None:
-        self.address = (address[0], int(address[1]))
-        try:
-            self._sock = socket.create_connection(self.address, timeout=timeout)
-        except OSError as exc:
-            raise ServiceUnavailable(f"cannot connect to the pg service at {self.address}: {exc}") from exc
-        try:
-            self._sock.settimeout(None)
-            tune_socket(self._sock, timeout)
-            self._conn = connection.Connection(os.dup(self._sock.fileno()))
-            connection.answer_challenge(self._conn, cookie)   # AuthenticationError: wrong cookie
-            connection.deliver_challenge(self._conn, cookie)
-            self._request(None, "accept_connection", (name,))
-        except (OSError, EOFError) as exc:
-            self.close()
-            raise ServiceUnavailable(f"pg service at {self.address}: handshake failed: {exc!r}") from exc
-        except BaseException:
-            self.close()
-            raise
-
-    def call(self, method: str, *args: Any) -> Any:
-        return self._request(DIRECTORY_ID, method, args)
-
-    def abort(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if hasattr(self, "_conn"):
-            self._conn.close()
-        self._sock.close()
-
-    def _request(self, ident: str | None, method: str, args: tuple[Any, ...]) -> Any:
-        try:
-            data = pickle.dumps((ident, method, args, {}), pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:   # nothing was written: the connection stays usable
-            raise SerializationError("pg request", repr(exc)) from exc
-        try:
-            self._conn.send_bytes(data)
-            kind, result = self._conn.recv()
-        except (OSError, EOFError) as exc:
-            raise ServiceUnavailable(f"pg service at {self.address}: {method} failed: {exc!r}") from exc
-        if kind == "#RETURN":
-            return result
-        raise managers.convert_to_error(kind, result)
-
-
-def ping_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
-    """True if a pg service answers at ``address`` with this cookie (within ``timeout``)."""
-    try:
-        conn = ServiceConnection(address, cookie, timeout=timeout, name="hermes-ping")
-    except (ServiceUnavailable, connection.AuthenticationError, managers.RemoteError) as exc:
-        log.debug("no pg service at %s: %r", address, exc)
-        return False
-    try:
-        return isinstance(conn.call("ping"), str)
-    except (ServiceUnavailable, managers.RemoteError) as exc:
-        log.debug("pg service at %s did not answer ping: %r", address, exc)
-        return False
-    finally:
-        conn.close()
 
 
 # -- the node's client ---------------------------------------------------------------------------
