@@ -4,8 +4,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.hermes-installed"
 if [[ ! -x "$venv/bin/python" ]]; then
-  py="${PYTHON:-$(command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)}"
-  "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is needed" >&2; exit 1; }
+  # the first candidate that really runs and is >= 3.11 (a pyenv shim may exist and not run)
+  py=""
+  for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+      py="$candidate"
+      break
+    fi
+  done
+  [[ -n "$py" ]] || { echo "Python >= 3.11 is needed (set PYTHON=/path/to/python3.11+)" >&2; exit 1; }
   "$py" -m venv "$venv"
 fi
 if [[ ! -f "$stamp" || "$root/pyproject.toml" -nt "$stamp" ]]; then
