@@ -31,14 +31,11 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from hermes._errors import HandshakeError, SerializationError
 from hermes.dist._codec import dumps, loads
 from hermes.dist._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
-
-if TYPE_CHECKING:
-    from hermes.dist._endpoints import open_connection, start_listener
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "TICK_MISSES", "Connection", "ConnectionDelegate", "ConnectionStatistics",

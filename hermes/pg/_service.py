@@ -19,6 +19,7 @@ does inside its methods. Anyone holding the cookie is trusted: requests are pick
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -136,11 +137,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 def start_service_process(
     host: str, port: int, cookie: bytes, *, lease_ttl: float = 3.0, idle_exit: float | None = None,
     detached: bool = False, log_size: int = DEFAULT_LOG_SIZE, startup_timeout: float = 10.0,
+    log_path: str | os.PathLike[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a service as its own OS process and return once it answers ``ping``.
 
     ``detached=False``: the service is SIGKILLed when the *thread* that started it
     exits (Linux PR_SET_PDEATHSIG semantics), so call this from a long-lived thread.
+    ``log_path``: append its output there (detached: else discarded; attached:
+    else inherited).
     """
     if not port:
         raise ValueError("choose a port (see free_port()); port 0 cannot be told to nodes")
@@ -155,11 +159,15 @@ def start_service_process(
     env = {**os.environ, "HERMES_COOKIE": os.fsdecode(cookie)}   # never in argv: `ps` shows argv
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    if detached:
-        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-    else:
-        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+    with open(log_path, "ab") if log_path is not None else contextlib.nullcontext() as log_file:
+        out: Any = log_file if log_file is not None else (subprocess.DEVNULL if detached else None)
+        err: Any = subprocess.STDOUT if log_file is not None else out
+        if detached:
+            proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True)
+        else:
+            proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    preexec_fn=_die_with_parent())
     _await_ping(proc, (host, port), cookie, startup_timeout)
     return proc
 
