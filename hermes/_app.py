@@ -55,10 +55,7 @@ async def run_async(main: Callable[..., Any] | None = None, *args: Any, name: st
     _install_signal_handlers(loop, stop)
     services: list[Any] = []
     try:
-        for start in _layers():
-            service = await start(node, cookie=cookie, cluster=cluster, host=host, port=port, **options)
-            if service is not None:
-                services.append(service)
+        await _start_layers(node, services, cookie=cookie, cluster=cluster, host=host, port=port, **options)
         if ready is not None:
             ready(node)
         return await _run_main(node, main, args, stop)
@@ -94,19 +91,26 @@ async def _run_main(node: Node, main: Callable[..., Any] | None, args: tuple[Any
     return getattr(proc, "result", None)
 
 
-def _layers() -> list[Callable[..., Any]]:
-    """The start functions of the layers above the runtime, bottom up."""
-    starters: list[Callable[..., Any]] = []
-    for module, attr in (("hermes.dist._manager", "start"), ("hermes.registry", "start_default"),
-                         ("hermes.pg._start", "start"), ("hermes.pubsub", "start_default")):
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        starters.append(getattr(mod, attr))
-    return starters
+SYSTEM = "hermes.system"
+
+
+async def _start_layers(node: Node, services: list[Any], **options: Any) -> None:
+    """Bottom up: distribution; then the node's own actors (default Registry,
+    pg scope, default PubSub) under one ``rest_for_one`` supervisor, as an OTP
+    application would, so a crashed scope restarts and the PGServer after it
+    joins again; then pg's link to the cluster (the service client)."""
+    from . import pubsub, registry
+    from .dist import _manager as dist_layer
+    from .pg import _start as pg_layer
+    from .runtime import Supervisor
+
+    services.append(await dist_layer.start(node, **options))
+    children = registry.system_children() + pg_layer.system_children() + pubsub.system_children()
+    supervisor = node.spawn(Supervisor, (children,), {"strategy": "rest_for_one", "max_restarts": 5,
+                                                      "max_seconds": 5.0}, parent=None, link=False)
+    node.names[SYSTEM] = supervisor
+    node.procs[supervisor].name = SYSTEM
+    services.append(await pg_layer.start(node, **options))
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

@@ -185,7 +185,6 @@ def _pickle_forward(server: str, topic: Any, msg: Any, exclude: Pid | None) -> b
         raise
 
 
-async def start_default(node: Any, **_: Any) -> None:
-    """Layer start hook for ``run``: every node runs the default PubSub."""
-    _spawn_server(DEFAULT, registry.DEFAULT)
-    return None
+def system_children() -> list[tuple[Any, ...]]:
+    """Every node's default PubSub, for the node's system supervisor."""
+    return [(PGServer, DEFAULT, registry.DEFAULT)]

@@ -203,7 +203,6 @@ def _matcher(pattern: Any) -> Callable[[Any], bool]:
     return lambda value: value == pattern
 
 
-async def start_default(node: Any, **_: Any) -> None:
-    """Layer start hook for ``run``: every node has a default duplicate registry."""
-    start(DEFAULT, keys="duplicate")
-    return None
+def system_children() -> list[tuple[Any, ...]]:
+    """Every node's default duplicate registry, for the node's system supervisor."""
+    return [(Registry, DEFAULT, "duplicate")]

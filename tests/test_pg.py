@@ -14,6 +14,7 @@ assertions on ``which_groups`` ignore it (``user_groups``).
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ import pytest
 
 import hermes
 from _cluster import poll
-from conftest import no_message, receive_down, run_node
+from conftest import no_message, receive_down, run_node, wait_until
 from hermes import pg, pubsub
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -752,3 +753,66 @@ def test_a_restarted_node_comes_back_clean():
             assert "old-only" not in on(c, node, user_groups)
             assert on(c, node, members, "old-only") == []
         assert on(c, "b", user_groups, True) == ["reborn"]
+
+
+# -- scope restart (pg_SUITE scope_restart): local members are gone, remote ones come back ----------
+
+
+async def _restart_scope() -> hermes.Pid:
+    """Kill this node's pg scope and wait for its supervisor to start a new one.
+    (Self-contained: it also runs on cluster nodes, which cannot import conftest.)"""
+    old = hermes.whereis("hermes.pg")
+    ref = hermes.monitor(old)
+    hermes.exit(old, "kill")
+    await hermes.receive(match=lambda m: isinstance(m, hermes.Down) and m.ref == ref, timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pid = hermes.whereis("hermes.pg")
+        if pid is not None and pid != old:
+            return pid
+        await asyncio.sleep(0.005)
+    raise AssertionError("the pg scope was not restarted")
+
+
+def test_scope_restart_on_one_node_forgets_local_members_and_serves_again():
+    async def main():
+        me = hermes.self()
+        pg.join("restart", [me, me])
+        ref, members_then = pg.monitor("restart")  # a monitor dies with its scope, too
+        assert members_then == [me, me]
+        await _restart_scope()
+        assert pg.get_members("restart") == []
+        assert "restart" not in pg.which_groups()
+        # the system supervisor restarted the PGServer after the scope: it joined again
+        await wait_until(lambda: [p.node for p in pg.get_members(pubsub.group_of(pubsub.DEFAULT))] == [hermes.node()])
+        pg.join("restart", me)
+        assert pg.get_members("restart") == [me]
+        assert pg.demonitor(ref) is False  # the old scope's monitor is gone
+        return True
+
+    assert run_node(main) is True
+
+
+async def _restart_scope_here() -> bool:
+    await _restart_scope()
+    return True
+
+
+@pytest.mark.timeout(90)
+def test_scope_restart_across_nodes(c):
+    local_a = on(c, "a", spawn_and_join, "scope-restart", 2)
+    remote_b, = on(c, "b", spawn_and_join, "scope-restart")
+    everyone = sorted([*local_a, remote_b])
+    converge(c, ["a", "b", "c"], members, "scope-restart", expect=everyone)
+    on(c, "a", _restart_scope_here)
+    # on a: remote pids joined again, local ones missing; the other nodes see a's locals leave
+    converge(c, ["a", "b", "c"], members, "scope-restart", expect=[remote_b], timeout=15)
+    # a's restarted PGServer is in the pubsub group again everywhere: publishing reaches a
+    group_nodes = lambda: sorted({p.node for p in members(pubsub.group_of(pubsub.DEFAULT))})  # noqa: E731
+    converge(c, ["a", "b", "c"], group_nodes, expect=sorted(c.nodes), timeout=15)
+    on(c, "a", start_collector, "after-scope-restart", "scope-restart-topic")
+    poll(lambda: on(c, "a", pubsub.subscribers, "scope-restart-topic") != [], timeout=DEADLINE)
+    on(c, "b", publish, "scope-restart-topic", "still here")
+    poll(lambda: on(c, "a", collected, "after-scope-restart") == ["still here"], timeout=DEADLINE)
+    on(c, "a", kill, local_a)
+    on(c, "b", kill, [remote_b])

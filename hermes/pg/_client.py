@@ -89,6 +89,7 @@ class ServiceClient:
         self._deliver_lock = threading.Lock()
         self._session = 0
         self._up = threading.Event()
+        self._resync = threading.Event()
         self._stop = threading.Event()
         self._nodes: dict[Any, tuple[int, Any]] = {}
         self._feed_conn: ServiceConnection | None = None
@@ -122,6 +123,17 @@ class ServiceClient:
             if self._accepting:
                 self._pending.extend(changes)
                 self._wake.notify()
+
+    def reset_local(self) -> None:
+        """This node's memberships are all gone (its pg scope restarted): leave them."""
+        with self._lock:
+            changes: list[Change] = [("leave", group, list(members)) for group, members in self._mirror.items()]
+        if changes:
+            self.push(changes)
+
+    def resync(self) -> None:
+        """Deliver a fresh ``snapshot`` (within a poll period), e.g. to a new scope."""
+        self._resync.set()
 
     def report_down(self, name: Any, creation: int) -> None:
         """Tell the service our mesh connection to that node dropped (best effort)."""
@@ -272,8 +284,9 @@ class ServiceClient:
             try:
                 if self._feed_conn is None:
                     self._feed_conn = self._connect(self._poll_timeout + self._call_timeout)
-                if session != self._session:
-                    epoch = None   # a new session starts from a snapshot
+                if session != self._session or self._resync.is_set():
+                    self._resync.clear()
+                    epoch = None   # a new session (or a restarted scope) starts from a snapshot
                 answer = self._feed_conn.call("changes", epoch, since, self._poll_timeout)
                 backoff = BACKOFF_MIN
             except Exception as exc:   # _SESSION_ERRORS, or the service raised: reconnect either way

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+from .._errors import HermesError
 from ..runtime import Actor, Pid, Ref, register, send
 from ..runtime import _node as _nodemod
 from ..runtime._node import Node
@@ -30,30 +31,55 @@ log = logging.getLogger("hermes.pg")
 NAME = "hermes.pg"
 
 
+class Wiring:
+    """How this node's scope talks to the cluster; kept on the node, so a
+    restarted scope finds it (set by ``pg._start``)."""
+
+    def __init__(self) -> None:
+        self.client: Any = None  # the ServiceClient, with a service
+        self.over_mesh = False  # no service: memberships travel on the mesh (pg_sync/pg_delta)
+        self.resync_grace = 3.0  # seconds the feed is held after the service comes back
+
+
 class Scope(Actor):
-    """Owns the replica; registered as ``hermes.pg``. Found by ``scope()``."""
+    """Owns the replica; registered as ``hermes.pg``. Found by ``get_scope()``.
+
+    Started under the node's system supervisor. A restarted scope starts empty,
+    as Erlang's does: the local memberships died with the old one (the cluster
+    is told they left) and the remote ones are fetched again."""
 
     def __init__(self) -> None:
         register(NAME)
         self.node: Node = _nodemod.get()
+        restarted = hasattr(self.node, "pg_wiring")
+        if not restarted:
+            self.node.pg_wiring = Wiring()  # type: ignore[attr-defined]
+            self.node.exit_hooks.append(_exit_hook)
+        self.wiring: Wiring = self.node.pg_wiring  # type: ignore[attr-defined]
         self.local: dict[Any, list[Pid]] = {}  # group -> local members (duplicates kept)
         self.local_groups_of: dict[Pid, list[Any]] = {}  # pid -> its groups (one per membership)
         self.remote: dict[str, tuple[int, dict[Any, list[Pid]]]] = {}  # node -> (creation, buckets)
         self.cache: dict[Any, list[Pid]] = {}  # group -> all visible members
         self.monitors: dict[Ref, tuple[Pid, Any]] = {}  # ref -> (watcher, group)
         self.monitors_of: dict[Pid, set[Ref]] = {}  # watcher -> its refs, dropped when it exits
-        self.client: Any = None
-        self.over_mesh = False  # no service: memberships travel on the mesh (pg_sync/pg_delta)
         self.service_lost = False
         self.held: list[tuple[str, Any]] | None = None  # feed items held while nodes resync
-        self.resync_grace = 3.0
         self.quiet = False  # applying held items: monitors get the net difference after
         self.node.pg_scope = self  # type: ignore[attr-defined]
-        self.node.exit_hooks.append(self._actor_exited)
+        if restarted:
+            self._start_over()
 
-    def terminate(self, reason: Any) -> None:
-        if self._actor_exited in self.node.exit_hooks:
-            self.node.exit_hooks.remove(self._actor_exited)
+    def _start_over(self) -> None:
+        """After a restart: tell the cluster our local members left, fetch the rest."""
+        client, dist = self.wiring.client, self.node.dist
+        if client is not None:
+            client.reset_local()
+            client.resync()
+        elif self.wiring.over_mesh and dist is not None:
+            for conn in list(dist.conns.values()):
+                if not conn.peer.hidden:
+                    conn.send(("pg_sync", {}))
+                    conn.send(("pg_hello",))  # the peer answers with its pg_sync
 
     # -- reads ----------------------------------------------------------------
 
@@ -141,9 +167,9 @@ class Scope(Actor):
         self._push(changes)
 
     def _push(self, changes: list[tuple[str, Any, list[Pid]]]) -> None:
-        if self.client is not None:
-            self.client.push(changes)
-        elif self.over_mesh:
+        if self.wiring.client is not None:
+            self.wiring.client.push(changes)
+        elif self.wiring.over_mesh:
             dist = self.node.dist
             for conn in list(dist.conns.values()):  # type: ignore[union-attr]
                 if not conn.peer.hidden:
@@ -163,6 +189,10 @@ class Scope(Actor):
         before = self._visible_groups(peer.name)
         self.remote[peer.name] = (peer.creation, {g: list(p) for g, p in frame[1].items() if p})
         self.visibility_changed(peer.name, before)
+
+    def mesh_hello(self, conn: Any, frame: tuple[Any, ...]) -> None:
+        """A peer's scope restarted and asks for our memberships again."""
+        self.mesh_connected(conn)
 
     def mesh_delta(self, conn: Any, frame: tuple[Any, ...]) -> None:
         peer = conn.peer
@@ -190,7 +220,7 @@ class Scope(Actor):
         elif kind == "service_up":
             if self.service_lost and self.held is None:
                 self.held = []
-                self.node.loop.call_later(self.resync_grace, self._release_held)
+                self.node.loop.call_later(self.wiring.resync_grace, self._release_held)
             self.service_lost = False
         elif self.held is not None:
             self.held.append((kind, payload))
@@ -351,7 +381,25 @@ def get_scope() -> Scope:
     node = _nodemod.get()
     scope = getattr(node, "pg_scope", None)
     if scope is None:
-        raise RuntimeError("pg is not running on this node")
+        raise HermesError("pg is not running on this node (its scope is down or restarting)")
     return scope  # type: ignore[no-any-return]
+
+
+def current_scope(node: Node) -> Scope | None:
+    """The live scope of ``node``, or None while it is down (for callbacks)."""
+    return getattr(node, "pg_scope", None)
+
+
+def _exit_hook(proc: Process) -> None:
+    """The node's exit hook for pg: a dead local actor leaves its groups at once;
+    the scope's own death leaves the node without a scope until it restarts."""
+    node = proc.node
+    scope = getattr(node, "pg_scope", None)
+    if scope is None:
+        return
+    if scope._hermes_proc is proc:
+        node.pg_scope = None  # type: ignore[attr-defined]
+        return
+    scope._actor_exited(proc)
 
 

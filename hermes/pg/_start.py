@@ -13,10 +13,9 @@ from multiprocessing import AuthenticationError
 from typing import Any
 
 from .._errors import HermesError
-from ..runtime import spawn
 from ..runtime._node import Node
 from ._client import ServiceClient
-from ._scope import Scope, get_scope
+from ._scope import Scope, Wiring, current_scope, get_scope
 from ._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process
 
 log = logging.getLogger("hermes.pg")
@@ -48,15 +47,24 @@ class PgService:
             await self.node.loop.run_in_executor(None, self.client.close)
 
 
+def system_children() -> list[tuple[Any, ...]]:
+    """The pg scope, for the node's system supervisor."""
+    return [(Scope,)]
+
+
 async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.0, **_: Any) -> PgService:
-    spawn(Scope)
+    """Wire the scope (already started by the system supervisor) to the cluster.
+
+    Every callback looks the scope up when it runs: a restarted scope is
+    wired the same way without anything being re-registered."""
     scope = get_scope()
+    wiring = scope.wiring
     dist = node.dist
     if dist is not None:
-        dist.up_listeners.append(lambda name, peer: scope.visibility_changed(name, {}))
-        dist.down_listeners.append(lambda name, creation, lost: _node_lost(scope, name, creation))
+        dist.up_listeners.append(lambda name, peer: _on_scope(node, "visibility_changed", name, {}))
+        dist.down_listeners.append(lambda name, creation, lost: _node_lost(node, name, creation))
     if cluster is None and dist is not None and not dist.hidden:
-        _membership_over_mesh(scope, dist)  # static peers, or connect() by address
+        _membership_over_mesh(node, wiring, dist)  # static peers, or connect() by address
     if cluster is None or dist is None:
         return PgService(node, None)
     address = parse_cluster(cluster)
@@ -67,12 +75,12 @@ async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.
     loop = node.loop
 
     def on_event(kind: str, payload: Any) -> None:  # called on the client's threads
-        loop.call_soon_threadsafe(scope.apply_feed, kind, payload)
+        loop.call_soon_threadsafe(_on_scope, node, "apply_feed", kind, payload)
 
     client = ServiceClient(address, dist.cookie, node.name, node.creation, tuple(dist.local.address),
                            on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl)
-    scope.client = client
-    scope.resync_grace = lease_ttl  # every live node re-registers within a lease period
+    wiring.client = client
+    wiring.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))
     dist.down_listeners.append(lambda name, creation, lost: lost and client.report_down(name, creation))
     client.start()
@@ -92,16 +100,27 @@ async def _reconcile(dist: Any, client: ServiceClient, interval: float) -> None:
                 dist.connect_soon(name, tuple(address))
 
 
-def _membership_over_mesh(scope: Scope, dist: Any) -> None:
+def _membership_over_mesh(node: Node, wiring: Wiring, dist: Any) -> None:
     """Without a service, nodes tell each other their memberships directly: the
     whole local membership on each new connection, then every change."""
-    scope.over_mesh = True
-    dist.up_listeners.append(lambda name, peer: scope.mesh_connected(dist.conns[name]))
-    dist.extensions["pg_sync"] = scope.mesh_sync
-    dist.extensions["pg_delta"] = scope.mesh_delta
+    wiring.over_mesh = True
+    dist.up_listeners.append(lambda name, peer: _on_scope(node, "mesh_connected", dist.conns[name]))
+    for tag, method in (("pg_sync", "mesh_sync"), ("pg_delta", "mesh_delta"), ("pg_hello", "mesh_hello")):
+        dist.extensions[tag] = lambda conn, frame, method=method: _on_scope(node, method, conn, frame)
 
 
-def _node_lost(scope: Scope, name: str, creation: int) -> None:
+def _on_scope(node: Node, method: str, *args: Any) -> None:
+    """Call ``method`` of the live scope; nothing while it restarts (the new
+    scope fetches the whole state again)."""
+    scope = current_scope(node)
+    if scope is not None:
+        getattr(scope, method)(*args)
+
+
+def _node_lost(node: Node, name: str, creation: int) -> None:
+    scope = current_scope(node)
+    if scope is None:
+        return
     entry = scope.remote.get(name)
     was = {g: list(p) for g, p in entry[1].items()} if entry is not None and entry[0] == creation else {}
     scope.visibility_changed(name, was)

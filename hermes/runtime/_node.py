@@ -307,7 +307,7 @@ class Node:
         if proc.links:
             for other in [p for p in proc.links if p[0] == node]:
                 proc.links.discard(other)
-                self.loop.call_soon(proc.signal_exit, other, "noconnection")
+                proc.signal_exit(other, "noconnection")
         if proc.watching:
             for ref, target in [(r, t) for r, t in proc.watching.items() if t[0] == node]:
                 self.route_down(proc.pid, ref, target, "noconnection")
