@@ -987,3 +987,29 @@ def test_nodes_and_service_die_with_a_killed_driver(node_path, tmp_path):
         for pid in pids:
             if _alive(pid):
                 _signal(pid, signal.SIGKILL)
+
+
+async def crashes_unpicklably() -> None:
+    await hermes.receive(match=lambda m: m == "go")
+    raise Unpicklable("an exit reason holding a lock")
+
+
+async def watch_unpicklable_crash(node: str) -> tuple[Any, Any, Any]:
+    hermes.trap_exits(True)
+    pid = hermes.spawn(crashes_unpicklably, node=node)
+    ref = hermes.monitor(pid)
+    hermes.link(pid)
+    hermes.send(pid, "go")
+    down = await expect(lambda m: isinstance(m, hermes.Down) and m.ref == ref)
+    exit_ = await expect(lambda m: isinstance(m, hermes.Exit) and m.pid == pid)
+    return down.reason, exit_.reason, await hermes.rpc(node, operator.add, 1, 1)
+
+
+@pytest.mark.timeout(30)
+def test_an_unpicklable_exit_reason_reaches_remote_monitors_and_links_as_remote_error(cluster):
+    down, exit_, still_up = cluster.rpc(cluster.nodes[0], watch_unpicklable_crash, cluster.nodes[1])
+    for reason in (down, exit_):
+        assert type(reason) is hermes.RemoteError
+        assert "Unpicklable" in reason.text and "holding a lock" in reason.text
+        assert "crashes_unpicklably" in reason.traceback_text
+    assert still_up == 2  # the crashing actor's node is unharmed

@@ -27,9 +27,10 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import traceback
 from typing import Any, Callable
 
-from .._errors import HermesError, SerializationError
+from .._errors import HermesError, RemoteError, SerializationError
 from ..runtime._messages import NodeDown, NodeUp
 from ..runtime._node import Node
 from ..runtime._pid import Pid, Ref
@@ -44,6 +45,7 @@ log = logging.getLogger("hermes.dist")
 DELIBERATE_CLOSES = ("disconnect", "disconnected by peer", "node stopping", "duplicate",
                      "replaced by a new incarnation")
 STALL = 1.0  # seconds: a loop that could not run this long was frozen, not its peers
+EXIT_SIGNALS = ("exit", "link_exit", "down")  # frames whose last item is an exit reason
 REMOTE_SPAWN_BASE = 1 << 40  # ids chosen by a spawning peer: never clash with the local counter
 
 
@@ -139,6 +141,9 @@ class Distribution:
         try:
             conn.send(signal)
         except SerializationError:
+            if signal[0] in EXIT_SIGNALS:  # an exit reason must reach the peer in some form
+                conn.send((*signal[:-1], portable_reason(signal[-1])))
+                return
             if signal[0] == "send_name":
                 self._check_picklable(signal[2])  # name the message's own type
             raise
@@ -203,9 +208,6 @@ class Distribution:
         if address is None:
             return False
         return await self.connect_address(address, expect=name)
-
-    async def ensure_connected(self, name: str) -> bool:
-        return await self.connect(name)
 
     def _resolve(self, name: str) -> tuple[str, int] | None:
         for resolver in self.resolvers:
@@ -354,6 +356,15 @@ class Distribution:
 
 
 # -- what each frame does on arrival ----------------------------------------
+
+def portable_reason(reason: Any) -> Any:
+    """An exit reason that cannot be pickled, as one that can: an exception
+    becomes a ``RemoteError`` with its repr and traceback text."""
+    if isinstance(reason, BaseException):
+        text = "".join(traceback.format_exception(reason))
+        return RemoteError(f"{type(reason).__qualname__}: {reason}", text)
+    return RemoteError(f"an exit reason that could not be sent: {reason!r}")
+
 
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):

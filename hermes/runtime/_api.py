@@ -334,7 +334,7 @@ async def rpc(node: str, fn: Callable[..., Any], /, *args: Any, timeout: float |
         if node == node_.name:
             node_.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
         else:
-            if node_.dist is None or not await node_.dist.ensure_connected(node):  # type: ignore[attr-defined]
+            if node_.dist is None or not await node_.dist.connect(node):  # type: ignore[attr-defined]
                 raise HermesError(f"rpc: node {node} is not reachable")
             node_.pending_remote[ref] = node
             node_.dist.send_signal(node, ("rpc", ref, fn, args, kwargs))
