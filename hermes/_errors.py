@@ -13,6 +13,7 @@ Timeouts raise the built-in ``TimeoutError``.
 """
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 
@@ -59,6 +60,11 @@ class RemoteError(HermesError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteError, (self.text, self.traceback_text))
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> RemoteError:
+        """What crosses nodes in place of an exception that cannot be pickled."""
+        return cls(f"{type(exc).__qualname__}: {exc}", "".join(traceback.format_exception(exc)))
 
 
 class ProtocolError(HermesError):

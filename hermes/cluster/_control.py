@@ -20,7 +20,6 @@ import select
 import struct
 import threading
 import time
-import traceback
 from typing import Any, Callable
 
 from .._errors import RemoteError, SerializationError
@@ -63,8 +62,7 @@ def encode_answer(request_id: int, kind: str, value: Any) -> bytes:
         return dumps((request_id, kind, value))
     except SerializationError as exc:
         if kind == "error":
-            text = "".join(traceback.format_exception(value))
-            return dumps((request_id, "error", RemoteError(f"{type(value).__qualname__}: {value}", text)))
+            return dumps((request_id, "error", RemoteError.from_exception(value)))
         return dumps((request_id, "error", RemoteError(f"the result could not be sent back: {exc}")))
 
 

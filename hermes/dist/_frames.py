@@ -21,7 +21,6 @@ It knows the runtime's routing, never the transport's internals.
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._errors import RemoteError, SerializationError
@@ -91,8 +90,7 @@ def unsendable_reply(ref_n: int, value: Any, exc: SerializationError, rpc: bool)
         return ("x", ref_n, RemoteError(f"the reply could not be sent back: {exc}"))
     kind, result = value
     if kind == "error":
-        text = "".join(traceback.format_exception(result))
-        return ("r", ref_n, ("error", RemoteError(f"{type(result).__qualname__}: {result}", text)))
+        return ("r", ref_n, ("error", RemoteError.from_exception(result)))
     return ("r", ref_n, ("error", RemoteError(f"the result could not be sent back: {exc}")))
 
 

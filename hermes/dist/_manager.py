@@ -27,7 +27,6 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-import traceback
 from typing import Any, Callable
 
 from .._errors import HermesError, RemoteError, SerializationError
@@ -361,8 +360,7 @@ def portable_reason(reason: Any) -> Any:
     """An exit reason that cannot be pickled, as one that can: an exception
     becomes a ``RemoteError`` with its repr and traceback text."""
     if isinstance(reason, BaseException):
-        text = "".join(traceback.format_exception(reason))
-        return RemoteError(f"{type(reason).__qualname__}: {reason}", text)
+        return RemoteError.from_exception(reason)
     return RemoteError(f"an exit reason that could not be sent: {reason!r}")
 
 
