@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ._errors import ActorExited
 from .runtime import _node as _nodemod
 from .runtime._node import Node, default_host
 
@@ -88,6 +89,8 @@ async def _run_main(node: Node, main: Callable[..., Any] | None, args: tuple[Any
     reason = done.result()
     if isinstance(reason, BaseException):
         raise reason
+    if reason not in ("normal", "shutdown"):  # ended by an exit signal: exit(main, "boom"), "kill"
+        raise ActorExited(pid, reason)
     return getattr(proc, "result", None)
 
 

@@ -196,3 +196,13 @@ def test_signal_stops_the_node_cleanly(tmp_path, signum):
     assert sorted(terminated) == ["child1", "child2", "child3", "solo"]
     children = [name for name in terminated if name.startswith("child")]
     assert children == ["child3", "child2", "child1"]  # the supervisor stops them in reverse order
+
+
+def test_run_raises_actor_exited_when_main_is_ended_by_an_exit_signal():
+    async def main():
+        hermes.exit(hermes.self(), "boom")
+        await hermes.receive()
+
+    with pytest.raises(hermes.ActorExited) as info:
+        hermes.run(main, name="exited")
+    assert info.value.reason == "boom"
