@@ -92,9 +92,8 @@ def up(state: Path, names: list[str], host: str, port: int, timeout: float) -> i
 def _node_status() -> dict[str, Any]:
     from hermes import pg, registry
 
-    table = registry._table(None).table
     return {"nodes": hermes.nodes(), "groups": {repr(g): len(pg.get_members(g)) for g in pg.which_groups()},
-            "topics": {repr(t): registry.count(t) for t in table}}
+            "topics": {repr(t): registry.count(t) for t in registry.all_keys()}}
 
 
 def _query(host: str, port: int, cookie: bytes, names: list[str] | None = None) -> dict[str, Any]:

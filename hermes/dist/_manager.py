@@ -106,6 +106,10 @@ class Distribution:
             task.cancel()
         self.node.dist = None
 
+    def statistics(self) -> dict[str, Any]:
+        """Per peer: its connection's counters (frames, bytes, writes, queued...)."""
+        return {name: conn.statistics() for name, conn in self.conns.items()}
+
     # -- the runtime's interface ---------------------------------------------
 
     def nodes(self) -> list[str]:

@@ -61,6 +61,13 @@ class Node:
         self._pid_ids = itertools.count(1)
         self._ref_ids = itertools.count(1)
 
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot of this node's runtime, for shells, status pages and tests."""
+        return {"name": self.name, "creation": self.creation, "processes": len(self.procs),
+                "names": len(self.names), "pending_calls": len(self.pending),
+                "queued_messages": sum(len(p.mailbox) for p in self.procs.values()),
+                "nodes": self.dist.nodes() if self.dist is not None else []}
+
     # -- identities -----------------------------------------------------------
 
     def new_pid(self) -> Pid:
