@@ -92,26 +92,21 @@ def group_of(name: str) -> tuple[str, str]:
 
 
 def _instances() -> dict[str, PGServer]:
-    node = _nodemod.get()
-    found = getattr(node, "pubsubs", None)
-    if found is None:
-        found = node.pubsubs = {}  # type: ignore[attr-defined]
-    return found  # type: ignore[no-any-return]
+    """This node's PGServers by PubSub name (``node.layers["pubsub"]``)."""
+    return _nodemod.get().layers.setdefault("pubsub", {})  # type: ignore[no-any-return]
 
 
 def _server(pubsub: str | None) -> PGServer:
     name = pubsub or DEFAULT
     try:
-        return _nodemod._node.pubsubs[name]  # type: ignore[union-attr,no-any-return]
-    except (AttributeError, KeyError):
-        if _nodemod._node is None:
-            _nodemod.get()  # raises NoNode
+        return _instances()[name]
+    except KeyError:
         raise HermesError(f"no PubSub named {name!r} runs on this node") from None
 
 
 def _deliver_local(registry_name: str, topic: Any, msg: Any, exclude: Pid | None) -> None:
     node = _nodemod._node
-    entries = node.registries[registry_name].table.get(topic)  # type: ignore[union-attr]
+    entries = node.layers["registry"][registry_name].table.get(topic)  # type: ignore[union-attr]
     if not entries:
         return
     procs = node.procs  # type: ignore[union-attr]

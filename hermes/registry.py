@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 from ._errors import HermesError, NotInActor
 from .runtime import Actor, Pid, register as register_name, spawn
 from .runtime import _node as _nodemod
+from .runtime._node import Node
 from .runtime._process import Process, current
 
 DEFAULT = "hermes.registry"
@@ -42,11 +43,8 @@ class Registry(Actor):
         self.unique = keys == "unique"
         self.table: dict[Any, dict[Pid, list[Any]]] = {}  # key -> pid -> values, in registration order
         self.by_pid: dict[Pid, list[Any]] = {}  # pid -> its keys (one per entry)
-        node = _nodemod.get()
-        _tables(node)[name] = self
+        _tables(_nodemod.get())[name] = self
         register_name(name)
-        if _forget not in node.exit_hooks:
-            node.exit_hooks.append(_forget)
 
     def terminate(self, reason: Any) -> None:
         _tables(_nodemod.get()).pop(self.name, None)
@@ -93,17 +91,19 @@ class Registry(Actor):
                     del self.table[key]
 
 
-def _tables(node: Any) -> dict[str, Registry]:
-    tables = getattr(node, "registries", None)
+def _tables(node: Node) -> dict[str, Registry]:
+    """This node's registries by name (``node.layers["registry"]``)."""
+    tables: dict[str, Registry] | None = node.layers.get("registry")
     if tables is None:
-        tables = node.registries = {}
-    return tables  # type: ignore[no-any-return]
+        tables = node.layers["registry"] = {}
+        node.exit_hooks.append(_forget)
+    return tables
 
 
 def _forget(proc: Process) -> None:
     """Exit hook: drop every entry of an exiting actor, in every registry; and
     the table of an exiting Registry actor (``kill`` skips ``terminate``)."""
-    tables = _nodemod.get().registries  # type: ignore[attr-defined]
+    tables = _tables(proc.node)
     for name, reg in list(tables.items()):
         if reg._hermes_proc is proc:
             del tables[name]
@@ -114,8 +114,8 @@ def _forget(proc: Process) -> None:
 def _table(registry: str | None) -> Registry:
     name = registry or DEFAULT
     try:
-        return _nodemod.get().registries[name]  # type: ignore[attr-defined,no-any-return]
-    except (AttributeError, KeyError):
+        return _tables(_nodemod.get())[name]
+    except KeyError:
         raise HermesError(f"no registry named {name!r} runs on this node") from None
 
 

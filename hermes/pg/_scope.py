@@ -32,10 +32,12 @@ NAME = "hermes.pg"
 
 
 class Wiring:
-    """How this node's scope talks to the cluster; kept on the node, so a
-    restarted scope finds it (set by ``pg._start``)."""
+    """pg's per-node state (``node.layers["pg"]``): the live scope and how it
+    talks to the cluster, kept outside the scope so a restarted one finds it
+    (set by ``pg._start``)."""
 
     def __init__(self) -> None:
+        self.scope: Scope | None = None  # None while the scope is down or restarting
         self.client: Any = None  # the ServiceClient, with a service
         self.over_mesh = False  # no service: memberships travel on the mesh (pg_sync/pg_delta)
         self.resync_grace = 3.0  # seconds the feed is held after the service comes back
@@ -51,11 +53,11 @@ class Scope(Actor):
     def __init__(self) -> None:
         register(NAME)
         self.node: Node = _nodemod.get()
-        restarted = hasattr(self.node, "pg_wiring")
+        restarted = "pg" in self.node.layers
         if not restarted:
-            self.node.pg_wiring = Wiring()  # type: ignore[attr-defined]
+            self.node.layers["pg"] = Wiring()
             self.node.exit_hooks.append(_exit_hook)
-        self.wiring: Wiring = self.node.pg_wiring  # type: ignore[attr-defined]
+        self.wiring: Wiring = self.node.layers["pg"]
         self.local: dict[Any, list[Pid]] = {}  # group -> local members (duplicates kept)
         self.local_groups_of: dict[Pid, list[Any]] = {}  # pid -> its groups (one per membership)
         self.remote: dict[str, tuple[int, dict[Any, list[Pid]]]] = {}  # node -> (creation, buckets)
@@ -65,7 +67,7 @@ class Scope(Actor):
         self.service_lost = False
         self.held: list[tuple[str, Any]] | None = None  # feed items held while nodes resync
         self.quiet = False  # applying held items: monitors get the net difference after
-        self.node.pg_scope = self  # type: ignore[attr-defined]
+        self.wiring.scope = self
         if restarted:
             self._start_over()
 
@@ -378,27 +380,27 @@ def _minus(a: Iterable[Pid], b: list[Pid]) -> list[Pid]:
 
 
 def get_scope() -> Scope:
-    node = _nodemod.get()
-    scope = getattr(node, "pg_scope", None)
+    scope = current_scope(_nodemod.get())
     if scope is None:
         raise HermesError("pg is not running on this node (its scope is down or restarting)")
-    return scope  # type: ignore[no-any-return]
+    return scope
 
 
 def current_scope(node: Node) -> Scope | None:
     """The live scope of ``node``, or None while it is down (for callbacks)."""
-    return getattr(node, "pg_scope", None)
+    wiring: Wiring | None = node.layers.get("pg")
+    return wiring.scope if wiring is not None else None
 
 
 def _exit_hook(proc: Process) -> None:
     """The node's exit hook for pg: a dead local actor leaves its groups at once;
     the scope's own death leaves the node without a scope until it restarts."""
-    node = proc.node
-    scope = getattr(node, "pg_scope", None)
+    wiring: Wiring = proc.node.layers["pg"]
+    scope = wiring.scope
     if scope is None:
         return
     if scope._hermes_proc is proc:
-        node.pg_scope = None  # type: ignore[attr-defined]
+        wiring.scope = None
         return
     scope._actor_exited(proc)
 

@@ -82,7 +82,11 @@ async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.
     wiring.client = client
     wiring.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))
-    dist.down_listeners.append(lambda name, creation, lost: lost and client.report_down(name, creation))
+    def report_lost(name: str, creation: int, lost: bool) -> None:
+        if lost:  # the peer vanished; deliberate closes say nothing about its health
+            client.report_down(name, creation)
+
+    dist.down_listeners.append(report_lost)
     client.start()
     service = PgService(node, client)
     service.reconciler = loop.create_task(_reconcile(dist, client, RECONCILE_INTERVAL))

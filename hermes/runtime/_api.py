@@ -50,13 +50,13 @@ async def connect(name: str) -> bool:
         return True
     if node_.dist is None:
         return False
-    return await node_.dist.connect(name)  # type: ignore[attr-defined,no-any-return]
+    return await node_.dist.connect(name)
 
 
 def disconnect(name: str) -> bool:
     """Drop the connection to ``name``; ``True`` if there was one."""
     dist = _nodemod.get().dist
-    return bool(dist is not None and dist.disconnect(name))  # type: ignore[attr-defined]
+    return dist is not None and dist.disconnect(name)
 
 
 def monitor_node(name: str, flag: bool = True) -> None:
@@ -87,7 +87,7 @@ def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, 
         return node_.spawn(target, args, kwargs, parent=parent, link=link)
     if node_.dist is None:
         raise HermesError(f"cannot spawn on {node}: this node is not distributed")
-    return node_.dist.spawn(node, target, args, kwargs, parent=parent, link=link)  # type: ignore[attr-defined,no-any-return]
+    return node_.dist.spawn(node, target, args, kwargs, parent=parent, link=link)
 
 
 def send(dest: Any, msg: Any) -> None:
@@ -334,7 +334,7 @@ async def rpc(node: str, fn: Callable[..., Any], /, *args: Any, timeout: float |
         if node == node_.name:
             node_.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
         else:
-            if node_.dist is None or not await node_.dist.connect(node):  # type: ignore[attr-defined]
+            if node_.dist is None or not await node_.dist.connect(node):
                 raise HermesError(f"rpc: node {node} is not reachable")
             node_.pending_remote[ref] = node
             node_.dist.send_signal(node, ("rpc", ref, fn, args, kwargs))

@@ -2,12 +2,14 @@
 
 The node knows every local process by pid and every registered name. All
 signals between actors (exit, link, unlink, monitor, demonitor, down, call
-replies) go through the ``route_*`` methods here: local ones are applied from
-their own ``call_soon`` callback, remote ones are handed to ``self.dist``
-(set by the distribution layer; ``None`` on a node that never listened).
+replies) go through the ``route_*`` methods here: local ones are applied to
+the target process at once (a fatal exit then ends it from its own loop
+callback), remote ones are handed to ``self.dist`` (set by the distribution
+layer; ``None`` on a node that never listened).
 
 It must not know pubsub, registries or process groups: those are actors and
-services built on top of it.
+services built on top of it. They keep their per-node state in ``layers``,
+which the runtime never reads.
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ class Distribution(Protocol):
 
     def send(self, pid: Pid, msg: Any) -> None: ...
     def send_signal(self, node: str, signal: tuple[Any, ...]) -> None: ...
+    def call(self, pid: Pid, request: Any, sender: Pid | None, ref: Ref) -> None: ...
+    def reply(self, ref: Ref, value: Any, rpc: bool = False) -> None: ...
+    def spawn(self, node: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+              parent: Process | None, link: bool) -> Pid: ...
+    async def connect(self, node: str) -> bool: ...
+    def disconnect(self, node: str) -> bool: ...
     def connected(self, node: str) -> bool: ...
     def peer_creation(self, node: str) -> int | None: ...
     def nodes(self) -> list[str]: ...
@@ -58,6 +66,7 @@ class Node:
         self.drain_ctx = contextvars.Context()  # shared by every drain: they never nest
         self.exit_hooks: list[Callable[[Process], None]] = []
         self.request_stop: Callable[[], None] = lambda: None  # set by run(): a clean shutdown
+        self.layers: dict[str, Any] = {}  # per-node state of the layers above, by layer name
         self._pid_ids = itertools.count(1)
         self._ref_ids = itertools.count(1)
 
@@ -189,7 +198,7 @@ class Node:
             callee = self.call_monitors.pop(ref, None)  # the reply ends the call's monitor here
             if callee is not None and callee.monitors:
                 callee.monitors.pop(ref, None)
-            self.dist.reply(ref, value, rpc)  # type: ignore[attr-defined]
+            self.dist.reply(ref, value, rpc)
 
     def fail_pending(self, ref: Ref, exc: BaseException) -> None:
         fut = self.pending.get(ref)

@@ -86,10 +86,7 @@ class Process:
             ctx.run(current.set, self)
         return ctx
 
-    def describe(self) -> str:
-        return f"{self.pid!r}"
-
-    # -- signals (always called from their own loop callback) -----------------
+    # -- signals (a fatal one takes effect from its own loop callback) --------
 
     def signal_exit(self, sender: Pid | None, reason: Any) -> None:
         """An exit signal arrives. A trapped one becomes a message at once, so it
