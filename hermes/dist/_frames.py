@@ -9,12 +9,14 @@ the receiving node and the sending peer imply the rest.
 | ``m`` | ``(m, id, msg)`` | deliver ``msg`` to our actor ``id`` |
 | ``c`` | ``(c, id, request, sender_id, ref_n)`` | a call: monitor the callee for the caller, deliver ``Call`` |
 | ``r`` / ``x`` | ``(r, ref_n, value)`` / ``(x, ref_n, error)`` | a reply (or its error) for our pending call ``ref_n`` |
-| ``f`` | ``(f, name, topic, msg, exclude)`` | a publish, for the PGServer registered as ``name`` |
 | ``send_name`` | ``(send_name, name, msg)`` | deliver to our actor registered as ``name`` |
 | ``exit``, ``link_exit``, ``link``, ``unlink``, ``monitor``, ``demonitor``, ``down`` | pids and refs in full | the runtime's signals |
 | ``spawn`` / ``rpc`` | target, args, kwargs | start an actor (or an rpc's temporary actor) here |
 | ``peers`` | ``[(name, address)]`` | mesh completion: connect to those we lack |
 | ``bye`` | | the peer hangs up on purpose: not a failure to report |
+
+Layers above add their own tags to a node's ``Distribution.handlers`` (pubsub's
+``f``, pg's ``pg_sync``/``pg_delta``/``pg_hello`` when there is no service).
 
 It knows the runtime's routing, never the transport's internals.
 """
@@ -57,20 +59,6 @@ def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> No
 
 def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     dist.node.send(frame[1], frame[2])
-
-
-FORWARD = "hermes.pubsub.forward"
-
-
-def _on_forward(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    """A publish from another node, for the actor registered as ``frame[1]``
-    (a PGServer): its ``forward_targets`` entry, or a message to that name."""
-    _, name, topic, msg, exclude = frame
-    target = dist.forward_targets.get(name)
-    if target is not None:
-        target(topic, msg, exclude)
-    else:
-        dist.node.send(name, (FORWARD, topic, msg, exclude))
 
 
 def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
@@ -152,7 +140,7 @@ def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> N
 
 
 HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
-    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "f": _on_forward, "exit": _on_exit,
+    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "exit": _on_exit,
     "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
     "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
     "bye": _on_bye,

@@ -17,9 +17,8 @@ Rules:
 - on a lost connection the runtime fails links, monitors and calls with
   ``"noconnection"`` and the node-down listeners (pg, discovery) are told.
 
-It knows nothing of registries or process groups, and of pubsub only that a
-publish (a ``forward`` frame) goes to a named local target that the pubsub
-layer registers in ``forward_targets``.
+It knows nothing of registries, process groups or pubsub: those layers add
+the frames they need to ``handlers``, the one table that dispatches arrivals.
 """
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ from ..runtime._pid import Pid, Ref
 from ._connection import Connection, PeerInfo, PeerRefusedError
 from ._endpoints import open_connection, start_listener
 from ._cookie import resolve_cookie
-from ._frames import FORWARD, HANDLERS, unsendable_reply
+from ._frames import HANDLERS, unsendable_reply
 
 log = logging.getLogger("hermes.dist")
 
@@ -63,12 +62,11 @@ class Distribution:
         self.conns: dict[str, Connection] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pending: dict[str, asyncio.Future[bool]] = {}
-        self.hidden_peers: set[str] = set()
         self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
         self.down_listeners: list[Callable[[str, int, bool], None]] = []  # name, creation, lost?
         self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
-        self.forward_targets: dict[str, Callable[[Any, Any, Any], None]] = {}  # see _on_forward
-        self.extensions: dict[str, Callable[[Connection, tuple[Any, ...]], None]] = {}  # upper layers' frames
+        # what each arriving frame does, by tag: _frames.HANDLERS plus the layers' own
+        self.handlers: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = dict(HANDLERS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beat = node.loop.time()
         self._stalled_at = float("-inf")
@@ -113,7 +111,7 @@ class Distribution:
     # -- the runtime's interface ---------------------------------------------
 
     def nodes(self) -> list[str]:
-        return [name for name in self.conns if name not in self.hidden_peers]
+        return [name for name, conn in self.conns.items() if not conn.peer.hidden]
 
     def connected(self, name: str) -> bool:
         return name in self.conns
@@ -318,8 +316,6 @@ class Distribution:
             old.close("duplicate")
         self.conns[peer.name] = conn
         self.addresses[peer.name] = tuple(peer.address)  # type: ignore[assignment]
-        if peer.hidden:
-            self.hidden_peers.add(peer.name)
         log.info("node %s connected to %s", self.node.name, peer.name)
         if not self.hidden and not peer.hidden:
             conn.send(("peers", [(p.name, tuple(p.address)) for n, c in self.conns.items()
@@ -334,7 +330,6 @@ class Distribution:
         if peer is None or self.conns.get(peer.name) is not conn:
             return
         del self.conns[peer.name]
-        self.hidden_peers.discard(peer.name)
         log.info("node %s lost connection to %s: %s", self.node.name, peer.name, reason)
         self.node.node_down(peer.name)
         if not peer.hidden:
@@ -347,13 +342,9 @@ class Distribution:
 
     def frame_received(self, conn: Connection, frame: Any) -> None:
         try:
-            handler = HANDLERS[frame[0]]
+            handler = self.handlers[frame[0]]
         except (KeyError, TypeError, IndexError):
-            extension = self.extensions.get(frame[0]) if type(frame) is tuple and frame else None
-            if extension is None:
-                log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
-                return
-            extension(conn, frame)
+            log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
             return
         handler(self, conn, frame)
 
@@ -409,4 +400,4 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     return (host, int(port))
 
 
-__all__ = ["FORWARD", "Distribution", "start"]
+__all__ = ["Distribution", "start"]

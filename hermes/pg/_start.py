@@ -110,7 +110,7 @@ def _membership_over_mesh(node: Node, wiring: Wiring, dist: Any) -> None:
     wiring.over_mesh = True
     dist.up_listeners.append(lambda name, peer: _on_scope(node, "mesh_connected", dist.conns[name]))
     for tag, method in (("pg_sync", "mesh_sync"), ("pg_delta", "mesh_delta"), ("pg_hello", "mesh_hello")):
-        dist.extensions[tag] = lambda conn, frame, method=method: _on_scope(node, method, conn, frame)
+        dist.handlers[tag] = lambda _dist, conn, frame, method=method: _on_scope(node, method, conn, frame)
 
 
 def _on_scope(node: Node, method: str, *args: Any) -> None:
