@@ -188,9 +188,7 @@ class Scope(Actor):
         peer = conn.peer
         if peer.hidden:
             return  # hidden nodes are in no group
-        before = self._visible_groups(peer.name)
-        self.remote[peer.name] = (peer.creation, {g: list(p) for g, p in frame[1].items() if p})
-        self.visibility_changed(peer.name, before)
+        self._replace_node(peer.name, (peer.creation, {g: list(p) for g, p in frame[1].items() if p}))
 
     def mesh_hello(self, conn: Any, frame: tuple[Any, ...]) -> None:
         """A peer's scope restarted and asks for our memberships again."""
@@ -231,16 +229,14 @@ class Scope(Actor):
 
     def _release_held(self) -> None:
         held, self.held = self.held or [], None
-        before = {name: self._visible_groups(name) for name in self.remote}
+        before = self._all_visible_groups()
         self.quiet = True
         try:
             for kind, payload in held:
                 self._apply_feed(kind, payload)
         finally:
             self.quiet = False
-        self.cache.clear()
-        for name in set(before) | set(self.remote):
-            self._diff_events(before.get(name, {}), self._visible_groups(name))
+        self._events_since(before)
 
     def _apply_feed(self, kind: str, payload: Any) -> None:
         if kind == "snapshot":
@@ -250,15 +246,22 @@ class Scope(Actor):
                 self._apply_event(event)
 
     def _apply_snapshot(self, nodes: dict[str, tuple[int, Any]], buckets: dict[tuple[str, int], Any]) -> None:
-        before = {name: self._visible_groups(name) for name in self.remote}
+        before = self._all_visible_groups()
         self.remote = {}
         for (name, creation), groups in buckets.items():
             if name != self.node.name and nodes.get(name, (None,))[0] == creation:
                 self.remote[name] = (creation, {g: list(m) for g, m in groups.items() if m})
+        self._events_since(before)
+        self._discover(nodes)
+
+    def _all_visible_groups(self) -> dict[str, dict[Any, list[Pid]]]:
+        return {name: self._visible_groups(name) for name in self.remote}
+
+    def _events_since(self, before: dict[str, dict[Any, list[Pid]]]) -> None:
+        """After a bulk change of ``remote``: the net join/leave events per node."""
         self.cache.clear()
         for name in set(before) | set(self.remote):
             self._diff_events(before.get(name, {}), self._visible_groups(name))
-        self._discover(nodes)
 
     def _apply_event(self, event: tuple[Any, ...]) -> None:
         kind, name, creation = event[0], event[1], event[2]
