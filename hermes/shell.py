@@ -130,13 +130,14 @@ def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cooki
         raise SystemExit("shell: give --name NAME (or --remote NAME@HOST)")
     hidden = remote is not None
     node_name = name or f"remsh-{threading.get_ident() % 100000}"
-    started: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    started: concurrent.futures.Future[Any] = concurrent.futures.Future()  # the shell actor's pid
+    started_node: concurrent.futures.Future[Any] = concurrent.futures.Future()
     stopped = threading.Event()
 
     async def main() -> None:
         node = _nodemod.get()
         if remote is None:
-            pid = hermes.spawn(shell_actor, started)
+            hermes.spawn(shell_actor, started)  # it sets ``started`` to its pid
             await asyncio.wrap_future(started)
         else:
             if not await hermes.connect(remote):
@@ -144,12 +145,9 @@ def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cooki
                 return
             # linked: when this shell goes (EOF, crash, lost connection), so does its actor
             # there, with its subscriptions; iex's remote shell is linked the same way
-            pid = hermes.spawn(shell_actor, None, node=remote, link=True)
-            started.set_result(pid)
+            started.set_result(hermes.spawn(shell_actor, None, node=remote, link=True))
         started_node.set_result(node)
         await asyncio.Event().wait()
-
-    started_node: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def node_thread() -> None:
         try:
@@ -172,8 +170,6 @@ def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cooki
         done = node.loop.create_future()
         _shells[shell_pid].queue.put_nowait((compiled, done, False))
         return await done  # type: ignore[no-any-return]
-
-    import sys
 
     console = _Console(node.loop, run_chunk)
     where = remote or full_name(node_name)

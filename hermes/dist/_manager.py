@@ -149,12 +149,6 @@ class Distribution:
                 self._check_picklable(signal[2])  # name the message's own type
             raise
 
-    def send_payload(self, name: str, payload: bytes) -> None:
-        """Write an already pickled frame (the publish path pickles once)."""
-        conn = self.conns.get(name)
-        if conn is not None:
-            conn.send_payload(payload)
-
     def call(self, pid: Pid, request: Any, sender: Pid | None, ref: Ref) -> None:
         """One frame per remote call: the callee's node sets up the monitor, and
         its reply ends it there, so no monitor/demonitor frames are needed."""
