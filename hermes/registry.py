@@ -55,10 +55,8 @@ class Registry(Actor):
         entries = self.table.get(key)
         if entries is None:
             entries = self.table[key] = {}
-        elif self.unique and entries and pid not in entries:
+        elif self.unique and entries:  # its one holder: another actor, or the caller again
             raise AlreadyRegisteredError(key, next(iter(entries)))
-        elif self.unique and pid in entries:
-            raise AlreadyRegisteredError(key, pid)
         entries.setdefault(pid, []).append(value)
         self.by_pid.setdefault(pid, []).append(key)
 
