@@ -54,7 +54,9 @@ class PGServer(Actor):
     def forward(self, topic: Any, msg: Any, exclude: Pid | None) -> None:
         """A publish from another node arrived for this PGServer. With nothing
         queued before it, it is handled at once, as the next message would be;
-        otherwise it waits its turn in the mailbox, so order is kept."""
+        otherwise it waits its turn in the mailbox, so order is kept. (The rule
+        of ``ActorProcess.deliver_now``, without its drain: the fan-out needs
+        no handler dispatch, and this is the remote publish's hot path.)"""
         proc = self._hermes_proc
         if proc.scheduled or proc.mailbox:
             proc.deliver((FORWARD, topic, msg, exclude))

@@ -54,7 +54,7 @@ def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> No
         return
     proc.signal_monitor(None, ref)  # its Down, if it dies first, goes back to the caller's node
     node.call_monitors[ref] = proc
-    proc.deliver(Call(request, sender, ref))
+    proc.deliver_now(Call(request, sender, ref))  # handled this turn if the callee is idle
 
 
 def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:

@@ -79,6 +79,10 @@ class Process:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def deliver_now(self, msg: Any) -> None:
+        """Deliver a request whose sender is waiting (see ActorProcess)."""
+        self.deliver(msg)
+
     def task_context(self) -> contextvars.Context:
         ctx = self.ctx
         if ctx is None:
@@ -232,6 +236,18 @@ class ActorProcess(Process):
             self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
         elif self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)  # an async handler is in receive()
+
+    def deliver_now(self, msg: Any) -> None:
+        """Deliver, and if the actor is idle (nothing queued, no handler running)
+        handle it in this loop turn instead of the next: for a call from another
+        node, whose caller is waiting, that turn is ~10% of the round trip.
+        Nothing is queued before it, so the order of messages is unchanged."""
+        if self.scheduled or self.mailbox:
+            self.deliver(msg)
+            return
+        self.mailbox.append(msg)
+        self.scheduled = True
+        self.node.drain_ctx.run(self.drain)  # never nested: frames arrive from the loop, not a drain
 
     def started(self) -> None:
         """``__init__`` finished: begin taking messages."""
