@@ -40,6 +40,9 @@ class PGServer(Actor):
     def __init__(self, name: str, registry_name: str) -> None:
         self.name = name
         self.registry_name = registry_name
+        # the subscriptions' table, read directly on every delivery; if that
+        # Registry restarts, so does this PGServer (rest_for_one), and rereads it
+        self.table = registry._table(registry_name).table
         self.group = group_of(name)
         self.node = _nodemod.get()
         self.pg = get_scope().wiring  # not the scope itself: a restarted scope replaces it there
@@ -61,7 +64,7 @@ class PGServer(Actor):
         if proc.scheduled or proc.mailbox:
             proc.deliver((FORWARD, topic, msg, exclude))
         else:
-            _deliver_local(self.registry_name, topic, msg, exclude)
+            _deliver_local(self.table, topic, msg, exclude)
 
     def remote_connections(self) -> tuple[Any, ...]:
         """The connections to the other nodes with a member in our group.
@@ -85,7 +88,7 @@ class PGServer(Actor):
             log.warning("PGServer %s ignored a message that is not a forward: %r", self.name, type(msg))
             return
         _, topic, message, exclude = msg
-        _deliver_local(self.registry_name, topic, message, exclude)
+        _deliver_local(self.table, topic, message, exclude)
 
     def terminate(self, reason: Any) -> None:
         if _instances().get(self.name) is self:
@@ -120,12 +123,11 @@ def _server(pubsub: str | None) -> PGServer:
         raise HermesError(f"no PubSub named {name!r} runs on this node") from None
 
 
-def _deliver_local(registry_name: str, topic: Any, msg: Any, exclude: Pid | None) -> None:
-    node = _nodemod._node
-    entries = node.layers["registry"][registry_name].table.get(topic)  # type: ignore[union-attr]
+def _deliver_local(table: dict[Any, dict[Pid, list[Any]]], topic: Any, msg: Any, exclude: Pid | None) -> None:
+    entries = table.get(topic)
     if not entries:
         return
-    procs = node.procs  # type: ignore[union-attr]
+    procs = _nodemod._node.procs  # type: ignore[union-attr]
     for pid, values in entries.items():  # deliver() runs no actor code: the table cannot change
         if pid == exclude:
             continue
@@ -167,7 +169,7 @@ def subscribers(topic: Any, *, pubsub: str | None = None) -> list[tuple[Pid, Any
 
 def broadcast_local(topic: Any, msg: Any, *, exclude: Pid | None = None, pubsub: str | None = None) -> None:
     """Deliver ``msg`` to this node's subscribers of ``topic`` only."""
-    _deliver_local(_server(pubsub).registry_name, topic, msg, exclude)
+    _deliver_local(_server(pubsub).table, topic, msg, exclude)
 
 
 def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | None = None,
@@ -189,7 +191,7 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
         for conn in remote:
             conn.send_payload(payload)
     if node is None or node == server.node.name:
-        _deliver_local(server.registry_name, topic, msg, exclude)
+        _deliver_local(server.table, topic, msg, exclude)
 
 
 def system_children() -> list[tuple[Any, ...]]:
