@@ -9,6 +9,11 @@ The registry monitors its registrants through the runtime's exit hook: the
 moment an actor exits (normally, by crash or by ``kill``) its entries are
 gone, before anything else can observe the table. The table lives as long as
 its Registry actor: stopping the actor drops it.
+
+For senders (pubsub's fan-out) a key's entries are also kept as ready
+``(pid, deliver)`` pairs, one per entry, built on first use and dropped
+whenever an entry of that key changes: a delivery then neither hashes pids
+nor looks up processes.
 """
 from __future__ import annotations
 
@@ -43,6 +48,9 @@ class Registry(Actor):
         self.unique = keys == "unique"
         self.table: dict[Any, dict[Pid, list[Any]]] = {}  # key -> pid -> values, in registration order
         self.by_pid: dict[Pid, list[Any]] = {}  # pid -> its keys (one per entry)
+        # key -> ((pid, its process's deliver), ...) per entry; see ``targets``
+        self.delivery: dict[Any, tuple[tuple[Pid, Callable[[Any], None]], ...]] = {}
+        self.procs = _nodemod.get().procs
         _tables(_nodemod.get())[name] = self
         register_name(name)
 
@@ -59,6 +67,7 @@ class Registry(Actor):
             raise AlreadyRegisteredError(key, next(iter(entries)))
         entries.setdefault(pid, []).append(value)
         self.by_pid.setdefault(pid, []).append(key)
+        self.delivery.pop(key, None)
 
     def remove(self, pid: Pid, key: Any, keep: Callable[[Any], bool] | None = None) -> int:
         entries = self.table.get(key)
@@ -73,6 +82,7 @@ class Registry(Actor):
             del entries[pid]
             if not entries:
                 del self.table[key]
+        self.delivery.pop(key, None)
         keys = self.by_pid[pid]
         for _ in range(removed):
             keys.remove(key)
@@ -87,6 +97,23 @@ class Registry(Actor):
                 entries.pop(pid, None)
                 if not entries:
                     del self.table[key]
+            self.delivery.pop(key, None)
+
+    # -- reads for senders ----------------------------------------------------
+
+    def targets(self, key: Any) -> tuple[tuple[Pid, Callable[[Any], None]], ...]:
+        """``(pid, deliver)`` per entry under ``key``, in ``lookup``'s order;
+        cached until an entry of ``key`` changes. Empty (and not cached) if none."""
+        found = self.delivery.get(key)
+        if found is None:
+            entries = self.table.get(key)
+            if not entries:
+                return ()
+            procs = self.procs
+            found = self.delivery[key] = tuple(
+                (pid, procs[pid].deliver) for pid, values in entries.items() if pid in procs for _ in values
+            )
+        return found
 
 
 def _tables(node: Node) -> dict[str, Registry]:

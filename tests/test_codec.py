@@ -76,6 +76,32 @@ def test_main_module_objects_fall_back_to_cloudpickle(monkeypatch: pytest.Monkey
     assert type(loads(data)).__name__ == "Script"  # resolves without __main__.Script
 
 
+def test_the_main_check_sees_references_nested_in_plain_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The check is skipped only for pickles without a STACK_GLOBAL opcode; a
+    # __main__ function deep inside builtin containers must still go by value.
+    def handler() -> str:
+        return "ran"
+
+    handler.__module__ = "__main__"
+    handler.__qualname__ = "handler"
+    import __main__
+
+    monkeypatch.setattr(__main__, "handler", handler, raising=False)
+    message = {"topic": ["user.created", ("nested", handler)]}
+    data = dumps(message)
+    assert data != pickle.dumps(message, 5)
+    monkeypatch.delattr(__main__, "handler")
+    assert loads(data)["topic"][1][1]() == "ran"
+
+
+def test_data_holding_the_opcode_byte_is_plain_pickle() -> None:
+    # 0x93 (STACK_GLOBAL) inside the data forces the full check, which finds nothing.
+    value = (b"\x93\x93", "\x93", 0x93, "no module named here")
+    assert pickle.STACK_GLOBAL[0] in pickle.dumps(value, 5)
+    assert dumps(value) == pickle.dumps(value, 5)
+    assert loads(dumps(value)) == value
+
+
 def test_dumps_fn_ships_by_value_or_by_reference() -> None:
     captured = 3
     assert loads(dumps_fn(lambda: captured))() == 3
