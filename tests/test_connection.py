@@ -124,6 +124,32 @@ def test_sends_in_one_loop_turn_share_one_write() -> None:
     with_pair(test)
 
 
+def test_a_streaming_sender_gets_one_write_per_turn() -> None:
+    async def turn(conn: Connection, frames: int) -> tuple[int, int]:
+        """Send ``frames`` in one loop turn; (queued bytes right after, writes the turn cost)."""
+        before = conn.statistics().writes
+        for i in range(frames):
+            conn.send(("msg", i))
+        queued = conn.statistics().queued_bytes
+        await asyncio.sleep(0)  # the turn's flush runs
+        return queued, conn.statistics().writes - before
+
+    async def test(conn: Connection, client: Recorder, server_conn: Connection, server: Recorder) -> None:
+        await asyncio.sleep(0)
+        queued, writes = await turn(conn, 1000)
+        assert writes == 2  # the first frame at once, the other 999 together
+        queued, writes = await turn(conn, 1000)
+        assert (queued > 0, writes) == (True, 1)  # streaming: all 1,000 in the turn's one write
+        queued, writes = await turn(conn, 1)
+        assert (queued > 0, writes) == (True, 1)  # right after a burst: waits for the flush
+        queued, writes = await turn(conn, 1)
+        assert (queued, writes) == (0, 1)  # a lone frame again: written at once
+        await wait_until(lambda: len(server.frames) == 2002)
+        assert server.frames[-1] == ("msg", 0) and server.frames[999] == ("msg", 999)
+
+    with_pair(test)
+
+
 def test_frames_stay_queued_while_the_peer_does_not_read() -> None:
     async def test(conn: Connection, client: Recorder, server_conn: Connection, server: Recorder) -> None:
         server_conn._transport.pause_reading()  # type: ignore[union-attr]

@@ -16,10 +16,13 @@ Rules:
   connection that reached ``connection_made``, established or not
   (``conn.peer is None`` tells it never was).
 - Writes are coalesced: ``send`` appends header + payload to one bytearray;
-  the first send of a loop turn is written at once (so a request/reply costs
-  no extra turn) and schedules one ``flush`` with ``call_soon`` for the rest,
-  so N sends in a turn cost two ``transport.write`` calls. While the transport is
-  paused (peer slow), frames stay in that buffer, never dropped; order is kept.
+  the first send of a loop turn schedules one ``flush`` with ``call_soon``
+  for the turn's frames. That first frame is also written at once (so a
+  request/reply costs no extra turn) unless the previous flush carried several
+  frames: a sender that is streaming then gets one write per turn, not two,
+  and a request sent right after a burst waits at most to the end of its
+  turn. While the transport is paused (peer slow), frames stay in that
+  buffer, never dropped; order is kept.
 - Ticks, as Erlang's net_ticktime: every ``tick_interval`` a TICK is written if
   nothing else was, and the connection is closed when nothing at all arrived
   during ``TICK_MISSES`` intervals. All nodes must use the same interval.
@@ -98,7 +101,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
         "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
-        "_wbuf", "_rbuf", "_flush_scheduled", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
+        "_wbuf", "_rbuf", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
         "_timer", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
     )
@@ -125,7 +128,7 @@ class Connection(asyncio.Protocol):
         self._handshake_timeout = handshake_timeout
         self._wbuf = bytearray()
         self._rbuf = bytearray()
-        self._flush_scheduled = self._paused = self._wrote = self._heard = False
+        self._flush_scheduled = self._streaming = self._paused = self._wrote = self._heard = False
         self._pending_frames = self._silent = 0
         self._timer: asyncio.TimerHandle | None = None  # handshake timeout, then the tick
         self._linger: asyncio.TimerHandle | None = None
@@ -165,15 +168,17 @@ class Connection(asyncio.Protocol):
         self._pending_frames += 1
         if not self._flush_scheduled and self.authenticated:
             # The first frame of a loop turn goes out at once (a request/reply
-            # then costs no extra turn); the rest of the turn's frames wait for
-            # one coalesced write at its end.
+            # then costs no extra turn), unless we are streaming; the rest of
+            # the turn's frames wait for one coalesced write at its end.
             self._flush_scheduled = True
-            if not self._paused:
+            if not self._paused and not self._streaming:
                 self._write_buffer()
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        # This turn's frames: those pending, plus the one written at once if not streaming.
+        self._streaming = self._pending_frames + (not self._streaming) > 1
         if self._paused or not self._wbuf or self.closed:
             return
         self._write_buffer()
