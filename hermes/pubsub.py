@@ -46,8 +46,8 @@ class PGServer(Actor):
         self.group = group_of(name)
         self.node = _nodemod.get()
         self.pg = get_scope().wiring  # not the scope itself: a restarted scope replaces it there
-        self._members_seen: Any = _UNSEEN  # the pg member list ``_remote`` was derived from
-        self._remote: tuple[Any, ...] = ()
+        self._remote: tuple[Any, ...] = ()  # see remote_connections
+        self._generation = -1  # pg's generation ``_remote`` was derived at
         register(name)  # remote publishes are addressed (name, node): one frame fits every node
         instances = _instances()
         instances[name] = self
@@ -58,19 +58,20 @@ class PGServer(Actor):
     def remote_connections(self) -> tuple[Any, ...]:
         """The connections to the other nodes with a member in our group.
 
-        Recomputed only when pg's member list changed: pg replaces it, never
-        mutates it, whenever a member or a node's visibility (its connection)
-        changes, so a cached connection is always the current one. (``publish``
-        makes the same identity check inline before calling this.)"""
-        scope = self.pg.scope
-        if scope is None:
-            return ()  # pg is restarting: no remote member is known
-        members = scope.members_view(self.group)
-        if members is not self._members_seen:
-            here, conns = self.node.name, self.node.dist.conns if self.node.dist is not None else {}
-            names = {pid[0] for pid in members if pid[0] != here}
-            self._remote = tuple(conns[name] for name in names if name in conns)
-            self._members_seen = members
+        Recomputed only when pg's generation moved: pg bumps it whenever a
+        member or a node's visibility (its connection) changes, and when its
+        scope restarts, so a cached connection is always the current one.
+        (``publish`` makes the same check inline before calling this.)"""
+        wiring = self.pg
+        if wiring.generation != self._generation:
+            scope = wiring.scope
+            if scope is None:  # pg is restarting: no remote member is known
+                self._remote = ()
+            else:
+                here, conns = self.node.name, self.node.dist.conns if self.node.dist is not None else {}
+                names = {pid[0] for pid in scope.members_view(self.group) if pid[0] != here}
+                self._remote = tuple(conns[name] for name in names if name in conns)
+            self._generation = wiring.generation
         return self._remote
 
     def handle_info(self, msg: Any) -> None:
@@ -83,9 +84,6 @@ class PGServer(Actor):
     def terminate(self, reason: Any) -> None:
         if _instances().get(self.name) is self:
             del _instances()[self.name]
-
-
-_UNSEEN = object()
 
 
 def _forward_handler(instances: dict[str, PGServer]) -> Callable[[Any, Any, tuple[Any, ...]], None]:
@@ -195,11 +193,7 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
         server: PGServer = _nodemod._node.layers["pubsub"][pubsub or DEFAULT]  # type: ignore[union-attr]
     except (AttributeError, KeyError):
         server = _server(pubsub)  # raises the right error
-    scope = server.pg.scope
-    if scope is not None and scope.cache.get(server.group) is server._members_seen:
-        remote = server._remote
-    else:
-        remote = server.remote_connections()
+    remote = server._remote if server._generation == server.pg.generation else server.remote_connections()
     if node is not None:
         remote = tuple(conn for conn in remote if conn.peer.name == node)
     if remote:
@@ -210,7 +204,7 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
             raise
         for conn in remote:
             conn.send_payload(payload)
-    if node is None or node == server.node.name:
+    if (node is None or node == server.node.name) and topic in server.registry.table:  # no call if no one
         _fan_out(server.registry, topic, msg, exclude)
 
 

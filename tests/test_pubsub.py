@@ -15,6 +15,7 @@ puts this folder on their ``PYTHONPATH``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -384,18 +385,25 @@ async def identity_check(topic: Any) -> tuple[bool, bool]:
     return tuple(results)  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[hermes.LocalCluster]:
+@contextlib.contextmanager
+def helpers_importable() -> Iterator[None]:
+    """Nodes started meanwhile import this module by name (its helpers)."""
     here = str(Path(__file__).resolve().parent)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, old) if p)
     try:
-        c = hermes.LocalCluster(["a", "b", "c"])
+        yield
     finally:
         if old is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[hermes.LocalCluster]:
+    with helpers_importable():
+        c = hermes.LocalCluster(["a", "b", "c"])
     try:
         yield c
     finally:
@@ -590,3 +598,31 @@ def test_cluster_named_pubsub_instances_do_not_cross(cluster, collectors):
         assert collectors.wait_for(n, default[n], "default done") == ["to default", "default done"]
         chat_pid = cluster.rpc(n, hermes.whereis, chat[n])
         assert cluster.rpc(n, subscriber_pids, topic, "chat") == [chat_pid]
+
+
+@pytest.mark.timeout(120)
+def test_publish_follows_a_node_that_restarts_and_one_that_joins_late():
+    # The publisher caches its connections to the group's nodes: a restarted
+    # node (new incarnation, new connection) and a new node must both be found.
+    topic = "t-restart"
+    with helpers_importable(), hermes.LocalCluster(["p", "q"]) as c:
+        p, q = c.nodes
+        collectors = Collectors(c, "restart")
+        first = collectors.start("q", [topic])
+        c.rpc("p", hermes.publish, topic, "one")
+        assert collectors.wait_for("q", first, "one") == ["one"]
+        c.kill("q")
+        poll(lambda: c.rpc("p", pubsub_nodes, pubsub.DEFAULT) == [p])
+        c.rpc("p", hermes.publish, topic, "to no one")  # q is gone: nothing to send to, no error
+        c.start("q")
+        poll(lambda: c.rpc("p", pubsub_nodes, pubsub.DEFAULT) == sorted([p, q]))
+        again = collectors.start("q", [topic])
+        c.rpc("p", hermes.publish, topic, "two")
+        assert collectors.wait_for("q", again, "two") == ["two"]
+        c.start("r")
+        r = c.nodes[2]
+        poll(lambda: c.rpc("p", pubsub_nodes, pubsub.DEFAULT) == sorted([p, q, r]))
+        late = collectors.start("r", [topic])
+        c.rpc("p", hermes.publish, topic, "three")
+        assert collectors.wait_for("r", late, "three") == ["three"]
+        assert collectors.wait_for("q", again, "three") == ["two", "three"]

@@ -31,6 +31,9 @@ log = logging.getLogger("hermes.pg")
 NAME = "hermes.pg"
 
 
+_ALL = object()  # every group
+
+
 class Wiring:
     """pg's per-node state (``node.layers["pg"]``): the live scope and how it
     talks to the cluster, kept outside the scope so a restarted one finds it
@@ -41,6 +44,10 @@ class Wiring:
         self.client: Any = None  # the ServiceClient, with a service
         self.over_mesh = False  # no service: memberships travel on the mesh (pg_sync/pg_delta)
         self.resync_grace = 3.0  # seconds the feed is held after the service comes back
+        # Bumped whenever the visible members of any group may have changed,
+        # and when the scope comes or goes: whoever caches something derived
+        # from members (pubsub's remote connections) compares it, one int.
+        self.generation = 0
 
 
 class Scope(Actor):
@@ -68,6 +75,7 @@ class Scope(Actor):
         self.held: list[tuple[str, Any]] | None = None  # feed items held while nodes resync
         self.quiet = False  # applying held items: monitors get the net difference after
         self.wiring.scope = self
+        self.wiring.generation += 1
         if restarted:
             self._start_over()
 
@@ -259,7 +267,7 @@ class Scope(Actor):
 
     def _events_since(self, before: dict[str, dict[Any, list[Pid]]]) -> None:
         """After a bulk change of ``remote``: the net join/leave events per node."""
-        self.cache.clear()
+        self._forget_members()
         for name in set(before) | set(self.remote):
             self._diff_events(before.get(name, {}), self._visible_groups(name))
 
@@ -305,7 +313,7 @@ class Scope(Actor):
             self.remote.pop(name, None)
         else:
             self.remote[name] = entry
-        self.cache.clear()
+        self._forget_members()
         self._diff_events(before, self._visible_groups(name))
 
     def _visible_groups(self, name: str) -> dict[Any, list[Pid]]:
@@ -316,7 +324,7 @@ class Scope(Actor):
 
     def visibility_changed(self, name: str, was: dict[Any, list[Pid]]) -> None:
         """A mesh connection to ``name`` came or went: re-derive its groups."""
-        self.cache.clear()
+        self._forget_members()
         self._diff_events(was, self._visible_groups(name))
 
     def _diff_events(self, before: dict[Any, list[Pid]], after: dict[Any, list[Pid]]) -> None:
@@ -356,8 +364,16 @@ class Scope(Actor):
                 del self.monitors_of[entry[0]]
         return True
 
+    def _forget_members(self, group: Any = _ALL) -> None:
+        """The visible members of ``group`` (default: of every group) changed."""
+        if group is _ALL:
+            self.cache.clear()
+        else:
+            self.cache.pop(group, None)
+        self.wiring.generation += 1
+
     def _changed(self, group: Any, kind: str, pids: list[Pid]) -> None:
-        self.cache.pop(group, None)
+        self._forget_members(group)
         if self.quiet or not self.monitors:
             return
         for ref, (watcher, watched) in list(self.monitors.items()):
@@ -404,6 +420,7 @@ def _exit_hook(proc: Process) -> None:
         return
     if scope._hermes_proc is proc:
         wiring.scope = None
+        wiring.generation += 1
         return
     scope._actor_exited(proc)
 
