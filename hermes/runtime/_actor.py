@@ -70,11 +70,14 @@ class Actor:
     _hermes_proc: ActorProcess
     _hermes_dispatch: Callable[[Actor, Any], Any]
     _hermes_has_terminate: bool = False
+    _hermes_direct_info: bool = True  # handle_info is synchronous: the drain calls it itself
+
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._hermes_dispatch = staticmethod(_make_dispatch(cls))  # type: ignore[assignment]
         cls._hermes_has_terminate = cls.terminate is not Actor.terminate
+        cls._hermes_direct_info = not inspect.iscoroutinefunction(cls.handle_info)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass

@@ -32,6 +32,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._actor import Call, Cast
 from ._messages import Exit
 from ._pid import Pid, Ref
 
@@ -263,12 +264,18 @@ class ActorProcess(Process):
         actor = self.actor
         mailbox = self.mailbox
         dispatch = actor._hermes_dispatch  # type: ignore[union-attr]
+        direct = actor._hermes_direct_info  # type: ignore[union-attr]
         n = 0
         while mailbox and n < BATCH:
             msg = mailbox.popleft()
             n += 1
             try:
-                coro = dispatch(actor, msg)
+                kind = type(msg)
+                if direct and kind is not Call and kind is not Cast:  # most messages: one call, not two
+                    actor.handle_info(msg)  # type: ignore[union-attr]
+                    coro = None
+                else:
+                    coro = dispatch(actor, msg)
             except BaseException as exc:  # even SystemExit: a handler must not stop the node
                 self.crashed(exc, _where(msg))
                 return
