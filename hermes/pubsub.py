@@ -105,6 +105,11 @@ def _forward_handler(instances: dict[str, PGServer]) -> Callable[[Any, Any, tupl
         proc = server._hermes_proc
         if proc.scheduled or proc.mailbox:
             proc.deliver((FORWARD, topic, msg, exclude))
+            return
+        targets = server.registry.delivery.get(topic)
+        if targets is not None and exclude is None:  # _fan_out's common case, inline: ~5% of the path
+            for _, deliver in targets:
+                deliver(msg)
         else:
             _fan_out(server.registry, topic, msg, exclude)
 
