@@ -230,6 +230,36 @@ def test_a_dead_subscriber_leaves_the_topic():
     assert run_node(main) == []
 
 
+def test_deliveries_follow_every_change_of_the_subscriptions():
+    # Deliveries read per-topic targets cached by the registry: each kind of
+    # change after a delivery (subscribe, unsubscribe, exit, metadata-only
+    # twice-subscribe) must show in the very next publish.
+    async def main():
+        first, second = await spawn_agent(), await spawn_agent()
+        await ask(first, lambda: hermes.subscribe(TOPIC))
+        hermes.publish(TOPIC, 1)  # the targets are cached now
+        await ask(second, lambda: hermes.subscribe(TOPIC, "twice"))
+        await ask(second, lambda: hermes.subscribe(TOPIC, "twice"))
+        hermes.publish(TOPIC, 2)
+        await ask(first, lambda: hermes.unsubscribe(TOPIC))
+        hermes.publish(TOPIC, 3)
+        second_got = [await forwarded(second) for _ in range(4)]
+        ref = hermes.monitor(second)
+        hermes.exit(second, "kill")
+        await hermes.receive(match=lambda m: isinstance(m, hermes.Down) and m.ref == ref, timeout=5)
+        hermes.publish(TOPIC, 4)  # no one left: nothing, no error
+        await ask(first, lambda: hermes.subscribe(TOPIC))
+        hermes.publish(TOPIC, 5, exclude=first)
+        hermes.publish(TOPIC, 6)
+        first_got = [await forwarded(first) for _ in range(3)]
+        return first_got, second_got, await mailbox_empty()
+
+    first_got, second_got, nothing_else = run_node(main)
+    assert first_got == [1, 2, 6]  # not 3 (unsubscribed), not 5 (excluded)
+    assert second_got == [2, 2, 3, 3]
+    assert nothing_else
+
+
 def test_per_publisher_ordering():
     async def publisher(tag: str, n: int) -> None:
         for i in range(n):

@@ -328,6 +328,8 @@ def test_an_exited_registrant_leaves_no_entry(how):
         survivor = await start_registrant([("shared", "survivor")])
         pid = await start_registrant([("shared", "x"), ("shared", "y"), ("own", 1)])
         assert registry.count("shared") == 3
+        table = registry._table(None)  # senders' cached (pid, deliver) pairs must go too
+        assert [p for p, _ in table.targets("shared")] == [survivor, pid, pid]
         ref = hermes.monitor(pid)
         if how == "normal":
             hermes.send(pid, "stop")
@@ -345,6 +347,7 @@ def test_an_exited_registrant_leaves_no_entry(how):
             assert down.reason == expected[how]
         # checked at once: no poll
         assert registry.lookup("shared") == [(survivor, "survivor")]
+        assert [p for p, _ in table.targets("shared")] == [survivor]
         assert registry.lookup("own") == []
         assert registry.keys(pid) == []
         assert registry.count("own") == 0
