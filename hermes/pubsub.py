@@ -12,6 +12,9 @@
   subscribers: a publish of a 20 kB message to 200 subscribers on another
   node writes about 20 kB, not 200 copies, and is pickled once however many
   nodes there are.
+- Every node runs the default instance under its system supervisor; others
+  (``start``, ``child_spec``) have a supervisor of their own, ``rest_for_one``
+  over their registry and PGServer, as Phoenix.PubSub's.
 
 If the message must cross nodes and cannot be pickled, ``publish`` raises
 ``SerializationError`` before anyone, local or remote, receives it.
@@ -25,13 +28,14 @@ from . import pg, registry
 from ._errors import HermesError, SerializationError
 from .dist._codec import dumps
 from .pg._scope import get_scope
-from .runtime import Actor, Pid, register
+from .runtime import Actor, Pid, Supervisor, register, spawn
 from .runtime import _node as _nodemod
 
 log = logging.getLogger("hermes.pubsub")
 
 DEFAULT = "hermes.pubsub"
 FORWARD = "hermes.pubsub.forward"  # tags a forward waiting in a PGServer's mailbox
+REJOIN = "hermes.pubsub.rejoin"  # the pg scope restarted empty: join our group again
 
 
 class PGServer(Actor):
@@ -54,6 +58,12 @@ class PGServer(Actor):
         if self.node.dist is not None:  # our frame: one handler for the node's PGServers
             self.node.dist.handlers["f"] = _forward_handler(instances)
         pg.join(self.group)
+        # A restarted pg scope starts empty, as Erlang's does. The default
+        # PGServer is restarted after it by the system supervisor; any other
+        # would stay out of its group (no remote publish would reach this
+        # node) unless it joins again.
+        self._rejoin = _Rejoin(self.node, self._hermes_proc.pid)
+        self.pg.after_restart[self.group] = self._rejoin
 
     def remote_connections(self) -> tuple[Any, ...]:
         """The connections to the other nodes with a member in our group.
@@ -75,15 +85,35 @@ class PGServer(Actor):
         return self._remote
 
     def handle_info(self, msg: Any) -> None:
-        if type(msg) is not tuple or len(msg) != 4 or msg[0] != FORWARD:
+        if type(msg) is tuple and len(msg) == 4 and msg[0] == FORWARD:
+            _, topic, message, exclude = msg
+            _fan_out(self.registry, topic, message, exclude)
+        elif msg == REJOIN:
+            if self._hermes_proc.pid not in pg.get_local_members(self.group):
+                pg.join(self.group)
+        else:
             log.warning("PGServer %s ignored a message that is not a forward: %r", self.name, type(msg))
-            return
-        _, topic, message, exclude = msg
-        _fan_out(self.registry, topic, message, exclude)
 
     def terminate(self, reason: Any) -> None:
         if _instances().get(self.name) is self:
             del _instances()[self.name]
+        if self.pg.after_restart.get(self.group) is self._rejoin:
+            del self.pg.after_restart[self.group]
+
+
+class _Rejoin:
+    """pg's after-restart hook for one PGServer: a REJOIN message (dropped if it died)."""
+
+    __slots__ = ("node", "pid")
+
+    def __init__(self, node: Any, pid: Pid) -> None:
+        self.node = node
+        self.pid = pid
+
+    def __call__(self) -> None:
+        proc = self.node.procs.get(self.pid)
+        if proc is not None:
+            proc.deliver(REJOIN)
 
 
 def _forward_handler(instances: dict[str, PGServer]) -> Callable[[Any, Any, tuple[Any, ...]], None]:
@@ -156,16 +186,27 @@ def _fan_out(reg: registry.Registry, topic: Any, msg: Any, exclude: Pid | None) 
 # -- the public API -----------------------------------------------------------
 
 def start(name: str) -> Pid:
-    """Start another PubSub instance named ``name`` (with its own registry)."""
+    """Start another PubSub instance named ``name`` on this node and return the
+    pid of its supervisor (``exit(pid, "shutdown")`` stops it).
+
+    As Phoenix.PubSub's: a ``rest_for_one`` supervisor of the instance's own
+    duplicate Registry (``"<name>.registry"``) and its PGServer, so a crashed
+    PGServer comes back and a crashed registry takes the PGServer with it. To
+    put it under a supervisor of your own, use ``child_spec(name)`` instead."""
+    if name in _instances():
+        raise ValueError(f"a PubSub named {name!r} is already running on this node")
+    pid = spawn(Supervisor, *child_spec(name)["start"][1:])
+    if name not in _instances():
+        raise HermesError(f"PubSub {name!r} failed to start")
+    return pid
+
+
+def child_spec(name: str) -> dict[str, Any]:
+    """PubSub instance ``name`` as a child of a ``Supervisor``, like Elixir's
+    ``{Phoenix.PubSub, name: ...}``: ``Supervisor([pubsub.child_spec("chat"), ...])``."""
     registry_name = f"{name}.registry"
-    registry.start(registry_name, keys="duplicate")
-    return _spawn_server(name, registry_name)
-
-
-def _spawn_server(name: str, registry_name: str) -> Pid:
-    from .runtime import spawn
-
-    return spawn(PGServer, name, registry_name)
+    children = [(registry.Registry, registry_name, "duplicate"), (PGServer, name, registry_name)]
+    return {"id": ("hermes.pubsub", name), "start": (Supervisor, children, "rest_for_one")}
 
 
 def subscribe(topic: Any, metadata: Any = None, *, pubsub: str | None = None) -> None:

@@ -295,6 +295,81 @@ def test_named_pubsub_instances_are_separate():
     assert chat_subs == [(me, "chat")]
 
 
+async def _replaced(name: str, old: hermes.Pid) -> hermes.Pid:
+    """The pid registered as ``name`` once it is no longer ``old``."""
+    return await wait_until(lambda: (lambda pid: pid if pid not in (None, old) else None)(hermes.whereis(name)))
+
+
+def test_a_named_pubsub_is_supervised_rest_for_one():
+    async def main():
+        sup = pubsub.start("chat")
+        with pytest.raises(ValueError, match="already running"):
+            pubsub.start("chat")
+        assert [child for child, _ in await hermes.call(sup, "which_children")] == [0, 1]
+        hermes.subscribe(TOPIC, pubsub="chat")
+        # its PGServer crashes: a new one serves, subscriptions (in the registry) stay
+        server = hermes.whereis("chat")
+        hermes.exit(server, "kill")
+        await _replaced("chat", server)
+        hermes.publish(TOPIC, "after the server", pubsub="chat")
+        first = await hermes.receive(timeout=1)
+        # its registry crashes: the subscriptions go with it, the PGServer restarts after it
+        table, server = hermes.whereis("chat.registry"), hermes.whereis("chat")
+        hermes.exit(table, "kill")
+        await _replaced("chat.registry", table)
+        await _replaced("chat", server)
+        emptied = hermes.subscribers(TOPIC, pubsub="chat")
+        hermes.subscribe(TOPIC, pubsub="chat")
+        hermes.publish(TOPIC, "after the registry", pubsub="chat")
+        second = await hermes.receive(timeout=1)
+        members = (pg.get_local_members(pubsub.group_of("chat")), [hermes.whereis("chat")])
+        # stopping the supervisor stops the instance; it can be started again
+        ref = hermes.monitor(sup)
+        hermes.exit(sup, "shutdown")
+        await hermes.receive(match=lambda m: isinstance(m, hermes.Down) and m.ref == ref, timeout=5)
+        with pytest.raises(hermes.HermesError, match="no PubSub named 'chat'"):
+            hermes.publish(TOPIC, "x", pubsub="chat")
+        pubsub.start("chat")
+        return first, second, emptied, members, await mailbox_empty()
+
+    first, second, emptied, (members, server), nothing_else = run_node(main)
+    assert (first, second, emptied) == ("after the server", "after the registry", [])
+    assert members == server  # the latest PGServer, once, in the group
+    assert nothing_else
+
+
+def test_a_named_pubsub_under_a_supervisor_of_ones_own():
+    async def main():
+        sup = hermes.spawn(hermes.Supervisor, [pubsub.child_spec("news"), pubsub.child_spec("chat")])
+        hermes.subscribe(TOPIC, pubsub="news")
+        hermes.publish(TOPIC, "news", pubsub="news")
+        got = await hermes.receive(timeout=1)
+        return got, [child for child, _ in await hermes.call(sup, "which_children")]
+
+    got, children = run_node(main)
+    assert got == "news"
+    assert children == [("hermes.pubsub", "news"), ("hermes.pubsub", "chat")]
+
+
+def test_a_named_pubsub_joins_its_group_again_after_a_pg_scope_restart():
+    # The default PGServer is restarted after the scope by the system
+    # supervisor; a named one lives on and must join the new, empty scope.
+    async def main():
+        pubsub.start("chat")
+        server = hermes.whereis("chat")
+        old = hermes.whereis("hermes.pg")
+        ref = hermes.monitor(old)
+        hermes.exit(old, "kill")
+        await hermes.receive(match=lambda m: isinstance(m, hermes.Down) and m.ref == ref, timeout=5)
+        await _replaced("hermes.pg", old)
+        members = await wait_until(lambda: pg.get_local_members(pubsub.group_of("chat")))
+        return members, server, hermes.whereis("chat")
+
+    members, server, still = run_node(main)
+    assert members == [server]
+    assert still == server  # the same PGServer: it was not restarted, it joined again
+
+
 def test_an_unknown_pubsub_instance_is_an_error():
     async def main():
         with pytest.raises(hermes.HermesError):
@@ -628,6 +703,32 @@ def test_cluster_named_pubsub_instances_do_not_cross(cluster, collectors):
         assert collectors.wait_for(n, default[n], "default done") == ["to default", "default done"]
         chat_pid = cluster.rpc(n, hermes.whereis, chat[n])
         assert cluster.rpc(n, subscriber_pids, topic, "chat") == [chat_pid]
+
+
+async def restart_pg_scope() -> bool:
+    """Kill this node's pg scope; return once its supervisor started a new one."""
+    old = hermes.whereis("hermes.pg")
+    ref = hermes.monitor(old)
+    hermes.exit(old, "kill")
+    await hermes.receive(match=lambda m: isinstance(m, hermes.Down) and m.ref == ref, timeout=5)
+    await wait_until(lambda: hermes.whereis("hermes.pg") not in (None, old))
+    return True
+
+
+@pytest.mark.timeout(60)
+def test_cluster_named_pubsub_survives_a_pg_scope_restart(cluster, collectors):
+    # b's scope restarts empty: its named PGServer joins again, and a's
+    # publishes reach b's subscribers again (the default one is restarted).
+    topic = "t-scope-restart"
+    for n in NODES:
+        cluster.rpc(n, start_pubsub, "chat")
+    got = collectors.start("b", [topic], "chat")
+    cluster.rpc("b", restart_pg_scope)
+    for name in ("chat", pubsub.DEFAULT):
+        for n in NODES:
+            poll(lambda: cluster.rpc(n, pubsub_nodes, name) == sorted(cluster.nodes))
+    cluster.rpc("a", hermes.publish, topic, "after the restart", pubsub="chat")
+    assert collectors.wait_for("b", got, "after the restart") == ["after the restart"]
 
 
 @pytest.mark.timeout(120)

@@ -18,7 +18,7 @@ Empty groups are never listed: a group key exists only while it has members.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .._errors import HermesError
 from ..runtime import Actor, Pid, Ref, register, send
@@ -48,6 +48,9 @@ class Wiring:
         # and when the scope comes or goes: whoever caches something derived
         # from members (pubsub's remote connections) compares it, one int.
         self.generation = 0
+        # Called, each from its own loop callback, after a restarted scope has
+        # started over (empty): layers whose actors must be members join again.
+        self.after_restart: dict[Any, Callable[[], None]] = {}
 
 
 class Scope(Actor):
@@ -80,7 +83,10 @@ class Scope(Actor):
             self._start_over()
 
     def _start_over(self) -> None:
-        """After a restart: tell the cluster our local members left, fetch the rest."""
+        """After a restart: tell the cluster our local members left, fetch the
+        rest; then the ``after_restart`` hooks run."""
+        for hook in list(self.wiring.after_restart.values()):
+            self.node.loop.call_soon(hook)
         client, dist = self.wiring.client, self.node.dist
         if client is not None:
             client.reset_local()
