@@ -229,8 +229,8 @@ class Watcher(hermes.Actor):
 
     ``call("watcher", ("watch", node))`` spawns on ``node`` a monitored sleeper,
     a linked sleeper, a local actor linked to a third remote sleeper (it must die
-    with ``noconnection``) and a local caller blocked in a call to that node; it
-    also monitors the node."""
+    with ``noconnection``), a local caller blocked in a call to that node and one
+    blocked in a call by name; it also monitors the node."""
 
     def __init__(self) -> None:
         hermes.trap_exits(True)
@@ -247,6 +247,7 @@ class Watcher(hermes.Actor):
             bystander = hermes.spawn(linked_to_remote, me, arg)
             bystander_ref = hermes.monitor(bystander)
             hermes.spawn(blocked_caller, me, arg)
+            hermes.spawn(blocked_caller_by_name, me, arg)
             hermes.monitor_node(arg)
             return {"monitored": monitored, "ref": ref, "linked": linked, "bystander": bystander,
                     "bystander_ref": bystander_ref}
@@ -271,6 +272,17 @@ async def blocked_caller(owner: hermes.Pid, node: str) -> None:
         await hermes.call(server, "hang", timeout=60)
     except hermes.ActorExited as exc:
         hermes.send(owner, ("call failed", exc.reason))
+
+
+async def blocked_caller_by_name(owner: hermes.Pid, node: str) -> None:
+    name = f"hangs-{uuid.uuid4().hex}"
+    hermes.spawn(Counter, 0, name, node=node)
+    await hermes.call((name, node), "where")
+    hermes.send(owner, ("up", name))
+    try:
+        await hermes.call((name, node), "hang", timeout=60)
+    except hermes.ActorExited as exc:
+        hermes.send(owner, ("call by name failed", exc.pid == (name, node), exc.reason))
 
 
 async def watcher_events() -> list[Any]:
@@ -488,6 +500,50 @@ async def call_and_cast(node: str) -> dict[str, Any]:
         out["unknown node"] = exc.reason
     out["pid"] = pid
     return out
+
+
+def call_monitors_of(name: str) -> tuple[int, int]:
+    """On the callee's node: monitors held for remote callers, in all and on ``name``."""
+    node = _nodemod.get()
+    proc = node.procs[hermes.whereis(name)]
+    return len(node.call_monitors), len(proc.monitors or {})
+
+
+async def calls_by_name(node: str) -> dict[str, Any]:
+    """Calls to ``(name, node)``: resolved on that node from the call's one frame."""
+    name = f"by-name-{uuid.uuid4().hex}"
+    hermes.spawn(Counter, 7, name=name, node=node)
+    out: dict[str, Any] = {"get": await hermes.call((name, node), "get")}
+    out["monitors after a reply"] = await hermes.rpc(node, call_monitors_of, name)
+    try:
+        await hermes.call((name, node), "hang", timeout=0.2)
+    except TimeoutError:
+        out["timeout"] = True
+    # the caller's demonitor went first on the same connection: per-pair order
+    out["monitors after a timeout"] = await hermes.rpc(node, call_monitors_of, name)
+    try:
+        await hermes.call((name, node), "crash")
+    except hermes.ActorExited as exc:
+        out["crash"] = (exc.pid.node, type(exc.reason).__name__)
+    started = time.monotonic()
+    try:
+        await hermes.call((name, node), "get", timeout=5)
+    except hermes.ActorExited as exc:
+        out["gone"] = (exc.pid, exc.reason, time.monotonic() - started < 2)
+    return out
+
+
+@pytest.mark.timeout(30)
+def test_call_by_name_on_another_node(cluster):
+    source, target = cluster.nodes[0], cluster.nodes[1]
+    out = cluster.rpc(source, calls_by_name, target)
+    assert out["get"] == 7
+    assert out["monitors after a reply"] == (0, 0)
+    assert out["timeout"] is True
+    assert out["monitors after a timeout"] == (0, 0)
+    assert out["crash"] == (target, "KeyError")
+    name = out["gone"][0][0]
+    assert out["gone"] == ((name, target), "noproc", True)  # refused at once by that node
 
 
 @pytest.mark.timeout(30)
@@ -858,6 +914,7 @@ def _expected_noconnection(events: list[Any], watched: dict[str, Any], node: str
         "link": hermes.Exit(watched["linked"], "noconnection") in events,
         "bystander": hermes.Down(watched["bystander_ref"], watched["bystander"], "noconnection") in events,
         "call": ("call failed", "noconnection") in events,
+        "call by name": ("call by name failed", True, "noconnection") in events,
         "node": hermes.NodeDown(node) in events,
     }
 
@@ -865,8 +922,8 @@ def _expected_noconnection(events: list[Any], watched: dict[str, Any], node: str
 def _watch(c: hermes.LocalCluster, watcher_node: str, node: str) -> dict[str, Any]:
     c.rpc(watcher_node, start_watcher)
     watched = c.rpc(watcher_node, hermes.call, "watcher", ("watch", node))
-    # three sleepers (monitored, linked, the bystander's) and the called server are up
-    poll(lambda: sum(1 for e in c.rpc(watcher_node, watcher_events) if is_tagged("up")(e)) == 4)
+    # three sleepers (monitored, linked, the bystander's) and the two called servers are up
+    poll(lambda: sum(1 for e in c.rpc(watcher_node, watcher_events) if is_tagged("up")(e)) == 5)
     return watched
 
 
@@ -933,7 +990,8 @@ def test_a_frozen_peer_is_declared_down_by_ticks_and_reconnects_when_it_resumes(
         poll(lambda: s3 not in c.rpc(s2, hermes.nodes), timeout=10)
         events = c.rpc(s1, watcher_events)
         found = _expected_noconnection(events, watched, s3)
-        assert found == {"monitor": True, "link": True, "bystander": True, "call": True, "node": True}
+        assert found == {"monitor": True, "link": True, "bystander": True, "call": True, "call by name": True,
+                         "node": True}
         assert detected < 5  # 4 missed ticks of 0.2 s, plus scheduling slack
         assert "tick timeout" in c.output(s1)
     finally:

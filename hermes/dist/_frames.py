@@ -8,9 +8,10 @@ the receiving node and the sending peer imply the rest.
 |---|---|---|
 | ``m`` | ``(m, id, msg)`` | deliver ``msg`` to our actor ``id`` |
 | ``c`` | ``(c, id, request, sender_id, ref_n)`` | a call: monitor the callee for the caller, deliver ``Call`` |
+| ``cn`` | ``(cn, name, request, sender_id, ref_n)`` | the same, to our actor registered as ``name`` |
 | ``r`` / ``x`` | ``(r, ref_n, value)`` / ``(x, ref_n, error)`` | a reply (or its error) for our pending call ``ref_n`` |
 | ``send_name`` | ``(send_name, name, msg)`` | deliver to our actor registered as ``name`` |
-| ``exit``, ``link_exit``, ``link``, ``unlink``, ``monitor``, ``demonitor``, ``down`` | pids and refs in full | the runtime's signals |
+| ``exit``, ``link_exit``, ``link``, ``unlink``, ``monitor``, ``demonitor``, ``down`` | pids and refs in full | the runtime's signals (``demonitor`` of a call by name: ``None``, the ref) |
 | ``spawn`` / ``rpc`` | target, args, kwargs | start an actor (or an rpc's temporary actor) here |
 | ``peers`` | ``[(name, address)]`` | mesh completion: connect to those we lack |
 | ``bye`` | | the peer hangs up on purpose: not a failure to report |
@@ -45,16 +46,38 @@ def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> Non
 
 def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     _, pid_id, request, sender_id, ref_n = frame
-    node, peer = dist.node, conn.peer
+    node = dist.node
+    proc = node.procs.get((node.name, node.creation, pid_id))  # a plain tuple finds a Pid key
+    if proc is None:
+        _refuse_call(conn, ref_n, Pid(node.name, node.creation, pid_id))
+    else:
+        _take_call(node, conn, proc, request, sender_id, ref_n)
+
+
+def _on_call_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    _, name, request, sender_id, ref_n = frame
+    node = dist.node
+    pid = node.names.get(name)
+    proc = node.procs.get(pid) if pid is not None else None
+    if proc is None:
+        _refuse_call(conn, ref_n, (name, node.name))
+    else:
+        _take_call(node, conn, proc, request, sender_id, ref_n)
+
+
+def _take_call(node: Any, conn: Connection, proc: Any, request: Any, sender_id: int | None, ref_n: int) -> None:
+    peer = conn.peer
     ref = tuple.__new__(Ref, (peer.name, peer.creation, ref_n))
     sender = tuple.__new__(Pid, (peer.name, peer.creation, sender_id)) if sender_id is not None else None
-    proc = node.procs.get((node.name, node.creation, pid_id))
-    if proc is None:
-        conn.send(("down", None, ref, Pid(node.name, node.creation, pid_id), "noproc"))
-        return
     proc.signal_monitor(None, ref)  # its Down, if it dies first, goes back to the caller's node
     node.call_monitors[ref] = proc
     proc.deliver_now(Call(request, sender, ref))  # handled this turn if the callee is idle
+
+
+def _refuse_call(conn: Connection, ref_n: int, callee: Any) -> None:
+    """No such actor here: the caller's call fails with ``ActorExited(callee, "noproc")``."""
+    peer = conn.peer
+    conn.send(("down", None, Ref(peer.name, peer.creation, ref_n), callee, "noproc"))
 
 
 def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
@@ -140,7 +163,7 @@ def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> N
 
 
 HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
-    "m": _on_msg, "c": _on_call, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "exit": _on_exit,
+    "m": _on_msg, "c": _on_call, "cn": _on_call_name, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "exit": _on_exit,
     "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
     "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
     "bye": _on_bye,

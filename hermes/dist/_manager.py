@@ -159,6 +159,16 @@ class Distribution:
             self._check_picklable(request)  # name the request's own type
             raise
 
+    def call_name(self, node: str, name: str, request: Any, sender: Pid | None, ref: Ref) -> None:
+        """A call to the actor registered as ``name`` on ``node``: the name is
+        resolved there, from this same one frame (no lookup round trip)."""
+        conn = self.conns[node]
+        try:
+            conn.send(("cn", name, request, sender[2] if sender is not None else None, ref[2]))
+        except SerializationError:
+            self._check_picklable(request)
+            raise
+
     def reply(self, ref: Ref, value: Any, rpc: bool = False) -> None:
         conn = self.conns.get(ref[0])
         if conn is None or conn.peer.creation != ref[1]:

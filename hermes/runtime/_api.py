@@ -150,31 +150,36 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
     ``TimeoutError`` after ``timeout`` seconds; ``ActorExited`` if the callee is
     dead or dies before replying."""
     node_ = _nodemod.get()
+    loop = node_.loop
+    target: Any
     if type(dest) is tuple and len(dest) == 2 and isinstance(dest[0], str) and dest[1] != node_.name:
-        # (name, node) on another node: the name is resolved there (one rpc), as Erlang does
-        started = node_.loop.time()
-        pid = await _whereis_on(dest[1], dest[0], dest, timeout)
-        if timeout is not None:
-            timeout = max(0.0, timeout - (node_.loop.time() - started))
+        # (name, node) on another node: the name is resolved there, from the
+        # call's one frame, as gen:call does; connected first if need be
+        target = dest
+        if node_.dist is not None and not node_.dist.connected(dest[1]):
+            started = loop.time()
+            if not await asyncio.wait_for(node_.dist.connect(dest[1]), timeout):
+                raise ActorExited(dest, "noconnection")
+            if timeout is not None:
+                timeout = max(0.0, timeout - (loop.time() - started))
     else:
-        pid = node_.resolve(dest)
-    if pid is None:
-        raise ActorExited(dest, "noproc")
+        target = node_.resolve(dest)
+        if target is None:
+            raise ActorExited(dest, "noproc")
     caller = current.get()
     ref = node_.make_ref()
-    loop = node_.loop
     replied = False
     fut: asyncio.Future[Any] = loop.create_future()
-    proc = node_.procs.get(pid)
+    proc = node_.procs.get(target)
     node_.pending[ref] = fut
     try:
         if proc is not None:
             proc.signal_monitor(None, ref)  # a Down for ref fails fut (see Node.route_down)
             proc.deliver(Call(request, caller.pid if caller else None, ref))
-        elif node_.is_local(pid):
-            raise ActorExited(pid, "noproc")
+        elif type(target) is Pid and node_.is_local(target):
+            raise ActorExited(target, "noproc")
         else:
-            _call_remote(node_, pid, request, caller, ref)
+            _call_remote(node_, target, request, caller, ref)
         timer = loop.call_later(timeout, _expire_call, fut, timeout) if timeout is not None else None
         try:
             reply = await fut
@@ -188,24 +193,22 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
         if proc is not None:
             proc.signal_demonitor(ref)
         elif node_.pending_remote.pop(ref, None) is not None and not replied:
-            node_.route_demonitor(pid, ref)  # a reply already ended the monitor on its node
+            node_.route_demonitor(target, ref)  # a reply already ended the monitor on its node
 
 
-async def _whereis_on(node: str, name: str, dest: Any, timeout: float | None) -> Pid | None:
-    try:
-        return await rpc(node, whereis, name, timeout=timeout)  # type: ignore[no-any-return]
-    except TimeoutError:
-        raise
-    except HermesError as exc:  # unreachable, or it went down meanwhile
-        raise ActorExited(dest, "noconnection") from exc
-
-
-def _call_remote(node_: _nodemod.Node, pid: Pid, request: Any, caller: Process | None, ref: Ref) -> None:
-    state = node_.remote_state(pid)
-    if state != "ok":
-        raise ActorExited(pid, state)
-    node_.dist.call(pid, request, caller.pid if caller else None, ref)  # type: ignore[union-attr]
-    node_.pending_remote[ref] = pid
+def _call_remote(node_: _nodemod.Node, target: Pid | tuple[str, str], request: Any, caller: Process | None,
+                 ref: Ref) -> None:
+    sender = caller.pid if caller else None
+    if type(target) is Pid:
+        state = node_.remote_state(target)
+        if state != "ok":
+            raise ActorExited(target, state)
+        node_.dist.call(target, request, sender, ref)  # type: ignore[union-attr]
+    else:  # (name, node)
+        if node_.dist is None or not node_.dist.connected(target[1]):
+            raise ActorExited(target, "noconnection")
+        node_.dist.call_name(target[1], target[0], request, sender, ref)
+    node_.pending_remote[ref] = target
 
 
 def _expire_call(fut: asyncio.Future[Any], timeout: float) -> None:

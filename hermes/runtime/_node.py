@@ -37,6 +37,7 @@ class Distribution(Protocol):
     def send(self, pid: Pid, msg: Any) -> None: ...
     def send_signal(self, node: str, signal: tuple[Any, ...]) -> None: ...
     def call(self, pid: Pid, request: Any, sender: Pid | None, ref: Ref) -> None: ...
+    def call_name(self, node: str, name: str, request: Any, sender: Pid | None, ref: Ref) -> None: ...
     def reply(self, ref: Ref, value: Any, rpc: bool = False) -> None: ...
     def spawn(self, node: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
               parent: Process | None, link: bool) -> Pid: ...
@@ -57,7 +58,8 @@ class Node:
         self.procs: dict[Pid, Process] = {}
         self.names: dict[str, Pid] = {}
         self.pending: dict[Ref, asyncio.Future[Any]] = {}  # call/rpc ref -> reply future
-        self.pending_remote: dict[Ref, Pid | str] = {}  # ref -> remote callee pid, or rpc node
+        # ref -> the remote callee: its pid, (name, node) for a call by name, or an rpc's node
+        self.pending_remote: dict[Ref, Pid | tuple[str, str] | str] = {}
         self.call_monitors: dict[Ref, Process] = {}  # a remote caller's ref -> our callee monitored
         self.node_watchers: dict[str, dict[Pid, int]] = {}
         self.all_node_watchers: set[Pid] = set()  # monitor_nodes(): NodeUp/NodeDown for every node
@@ -246,7 +248,15 @@ class Node:
         else:
             self._remote(dest, ("monitor", dest, watcher, ref))
 
-    def route_demonitor(self, dest: Pid, ref: Ref) -> None:
+    def route_demonitor(self, dest: Pid | tuple[str, str] | None, ref: Ref) -> None:
+        if type(dest) is not Pid:  # the monitor of a call by name: its node knows it by the ref
+            if dest is None:  # (from the caller's node)
+                callee = self.call_monitors.pop(ref, None)
+                if callee is not None:
+                    callee.signal_demonitor(ref)
+            elif self.dist is not None:
+                self.dist.send_signal(dest[1], ("demonitor", None, ref))
+            return
         proc = self.procs.get(dest)
         if proc is not None:
             proc.signal_demonitor(ref)
@@ -312,7 +322,7 @@ class Node:
             for _ in range(count):
                 self.send(watcher, NodeDown(node))
         for ref, target in list(self.pending_remote.items()):
-            if type(target) is Pid and target[0] == node:
+            if type(target) is Pid and target[0] == node or type(target) is tuple and target[1] == node:
                 self.fail_pending(ref, ActorExited(target, "noconnection"))
             elif target == node:
                 self.fail_pending(ref, HermesError(f"node {node} went down"))
