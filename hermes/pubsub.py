@@ -27,6 +27,7 @@ from typing import Any, Callable
 from . import pg, registry
 from ._errors import HermesError, SerializationError
 from .dist._codec import dumps
+from .dist._manager import of as dist_of
 from .pg._scope import get_scope
 from .runtime import Actor, Pid, Supervisor, register, spawn
 from .runtime import _node as _nodemod
@@ -55,8 +56,9 @@ class PGServer(Actor):
         register(name)  # remote publishes are addressed (name, node): one frame fits every node
         instances = _instances()
         instances[name] = self
-        if self.node.dist is not None:  # our frame: one handler for the node's PGServers
-            self.node.dist.handlers["f"] = _forward_handler(instances)
+        dist = dist_of(self.node)
+        if dist is not None:  # our frame: one handler for the node's PGServers
+            dist.handlers["f"] = _forward_handler(instances)
         pg.join(self.group)
         # A restarted pg scope starts empty, as Erlang's does. The default
         # PGServer is restarted after it by the system supervisor; any other
@@ -78,7 +80,8 @@ class PGServer(Actor):
             if scope is None:  # pg is restarting: no remote member is known
                 self._remote = ()
             else:
-                here, conns = self.node.name, self.node.dist.conns if self.node.dist is not None else {}
+                dist = dist_of(self.node)
+                here, conns = self.node.name, dist.conns if dist is not None else {}
                 names = {pid[0] for pid in scope.members_view(self.group) if pid[0] != here}
                 self._remote = tuple(conns[name] for name in names if name in conns)
             self._generation = wiring.generation
@@ -152,13 +155,13 @@ def group_of(name: str) -> tuple[str, str]:
 
 def _instances() -> dict[str, PGServer]:
     """This node's PGServers by PubSub name (``node.layers["pubsub"]``)."""
-    return _nodemod.get().layers.setdefault("pubsub", {})  # type: ignore[no-any-return]
+    return _nodemod.get().layers.setdefault("pubsub", {})
 
 
 def _server(pubsub: str | None) -> PGServer:
     name = pubsub or DEFAULT
     try:
-        return _nodemod._node.layers["pubsub"][name]  # type: ignore[union-attr,no-any-return]
+        return _nodemod._node.layers["pubsub"][name]  # type: ignore[union-attr]  # None: AttributeError
     except (AttributeError, KeyError):
         if _nodemod._node is None:
             _nodemod.get()  # raises NoNode

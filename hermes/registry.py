@@ -224,7 +224,7 @@ def all_keys(*, registry: str | None = None) -> Iterable[Any]:
 
 def _matcher(pattern: Any) -> Callable[[Any], bool]:
     if callable(pattern):
-        return pattern  # type: ignore[no-any-return]
+        return pattern
     return lambda value: value == pattern
 
 

@@ -93,7 +93,7 @@ async def remote_eval(shell_pid: Any, source: str) -> tuple[str, str]:
         return "", f"the shell actor {shell_pid} is gone\n"
     done = asyncio.get_running_loop().create_future()
     shell.queue.put_nowait((source, done, True))
-    return await done  # type: ignore[no-any-return]
+    return await done
 
 
 class _Console(code.InteractiveConsole):
@@ -166,10 +166,10 @@ def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cooki
 
     async def run_chunk(source: str, compiled: Any) -> tuple[str, str]:
         if remote is not None:
-            return await hermes.rpc(remote, remote_eval, shell_pid, source, timeout=None)  # type: ignore[no-any-return]
+            return await hermes.rpc(remote, remote_eval, shell_pid, source, timeout=None)
         done = node.loop.create_future()
         _shells[shell_pid].queue.put_nowait((compiled, done, False))
-        return await done  # type: ignore[no-any-return]
+        return await done
 
     console = _Console(node.loop, run_chunk)
     where = remote or full_name(node_name)

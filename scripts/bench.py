@@ -121,10 +121,11 @@ FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its r
 class Settings:
     quick: bool
     reps: int = 3
-    # Rates between node processes: both of this machine's 2 cores are busy,
-    # so anything else running shifts a single rep by 10-30%. Best of more
-    # reps of each side, alternated, lets both figures show the code.
-    rate_reps: int = 5
+    # Figures between two node processes (rates, the call round trip): both
+    # of this machine's 2 cores are busy, so anything else running shifts a
+    # single rep by 10-30%. Best of more reps of each side, alternated, lets
+    # both figures show the code.
+    pair_reps: int = 5
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -867,12 +868,12 @@ def record_cluster(cluster: LocalCluster) -> None:
 
 def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:
     a, b = c.nodes
-    reps, rate_reps = settings.reps, settings.rate_reps
+    pair_reps = settings.pair_reps
 
     def cross_send() -> Any:
         n = settings.n(300_000, 100_000)
         sink = c.rpc(b, spawn_actor, Sink)
-        h, base = interleaved(rate_reps, lambda: c.rpc(a, send_rate, sink, n, timeout=60), lambda: raw_send_rate(n),
+        h, base = interleaved(pair_reps, lambda: c.rpc(a, send_rate, sink, n, timeout=60), lambda: raw_send_rate(n),
                               True)
         c.rpc(b, kill_all, [sink])
         return h, base, f"{n:,} msgs"
@@ -880,10 +881,10 @@ def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
     def cross_call() -> Any:
         n = settings.n(10_000, 3_000)
         echo = c.rpc(b, spawn_actor, Echo)
-        h, base = interleaved(reps, lambda: c.rpc(a, call_p50_us, echo, n, timeout=60),
+        h, base = interleaved(pair_reps, lambda: c.rpc(a, call_p50_us, echo, n, timeout=60),
                               lambda: raw_call_p50_us(n), False)
         c.rpc(b, kill_all, [echo])
-        floor = min(asyncio_call_p50_us(n) for _ in range(reps))
+        floor = min(asyncio_call_p50_us(n) for _ in range(pair_reps))
         return h, base, f"{n:,} calls; the same ping-pong with asyncio at both ends: p50 {floor:.1f} us"
 
     def hostile() -> Any:
@@ -899,7 +900,7 @@ def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
                 control.send("stop")
                 return rate  # type: ignore[no-any-return]
 
-        h, base = interleaved(rate_reps, with_peers, lambda: c.rpc(a, send_rate, sink, n, timeout=60), True)
+        h, base = interleaved(pair_reps, with_peers, lambda: c.rpc(a, send_rate, sink, n, timeout=60), True)
         c.rpc(b, kill_all, [sink])
         still = c.rpc(b, connection_count)
         return h, base, f"{n:,} msgs to the node under attack; its mesh links after: {still}"
@@ -908,7 +909,7 @@ def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
         n = settings.n(300_000, 100_000)
         topic = "bench.remote"
         sub = c.rpc(b, spawn_actor, Subscriber, topic)
-        h, base = interleaved(rate_reps, lambda: c.rpc(a, publish_rate, topic, n, {b: n}, 42, 1000, timeout=60),
+        h, base = interleaved(pair_reps, lambda: c.rpc(a, publish_rate, topic, n, {b: n}, 42, 1000, timeout=60),
                               lambda: raw_send_rate(n), True)
         c.rpc(b, kill_all, [sub])
         return h, base, f"{n:,} publishes"

@@ -114,7 +114,7 @@ class LocalCluster:
         del self._nodes[node.name]
 
     def address(self, name: str) -> tuple[str, int]:
-        return tuple(self.rpc(name, _own_address))  # type: ignore[return-value]
+        return tuple(self.rpc(name, _own_address))
 
     def output(self, name: str) -> str:
         """What the node wrote to stdout and stderr so far."""
@@ -239,6 +239,10 @@ def _mesh_view() -> list[str]:
 
 
 def _own_address() -> tuple[str, int]:
+    from ..dist._manager import of as dist_of
     from ..runtime import _node as _nodemod
 
-    return tuple(_nodemod.get().dist.local.address)  # type: ignore[union-attr,return-value]
+    dist = dist_of(_nodemod.get())
+    if dist is None:
+        raise HermesError("this node is not distributed")
+    return dist.local.address

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .._app import run
 from ..runtime import _node as _nodemod
 from ..runtime._api import rpc
+from ..runtime._node import Node
 from . import _control
 
 log = logging.getLogger("hermes.cluster")
@@ -29,7 +30,7 @@ def load_app(spec: str) -> Callable[..., Any]:
     target: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         target = getattr(target, part)
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def run_node(name: str, *, host: str = "127.0.0.1", port: int = 0, cookie: str | None = None,
@@ -67,7 +68,7 @@ def _attach_control(control_fd: int) -> Callable[[Any], None]:
     return ready
 
 
-def _start_request(node: Any, fd: int, request_id: int, body: bytes) -> None:
+def _start_request(node: Node, fd: int, request_id: int, body: bytes) -> None:
     async def answer() -> None:
         try:
             fn, args, kwargs = _control.loads(body)  # e.g. ModuleNotFoundError: answered, not fatal

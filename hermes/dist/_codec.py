@@ -34,7 +34,7 @@ import pickle
 import re
 from typing import Any
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]  # it ships no type information
 
 from hermes._errors import SerializationError
 

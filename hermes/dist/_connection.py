@@ -115,7 +115,10 @@ class Connection(asyncio.Protocol):
         self._delegate = delegate
         self.role: Role = role
         self.local = local
-        self.peer: PeerInfo | None = None  # set when established, kept after close
+        # Who the peer is, once established (kept after close). Typed as what
+        # everyone past the handshake sees: only this class and a delegate's
+        # connection_closed (``peer is None``: it never got established) see None.
+        self.peer: PeerInfo = None  # type: ignore[assignment]
         self.authenticated = False  # handshake completed (stays True after close)
         self.closed = False
         self.close_reason: str | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, cast
 
 from hermes.dist._connection import DEFAULT_MAX_FRAME, Connection, ConnectionDelegate, PeerInfo, _check_options
 
@@ -64,8 +64,11 @@ async def start_listener(
     """
     _check_options(max_frame, tick_interval, handshake_timeout)
     loop = asyncio.get_running_loop()
-    is_factory = isinstance(delegate, type) or not hasattr(delegate, "frame_received")
-    make_delegate = delegate if is_factory else (lambda: delegate)
+    if isinstance(delegate, type) or not hasattr(delegate, "frame_received"):
+        make_delegate = cast("Callable[[], ConnectionDelegate]", delegate)
+    else:
+        shared = cast(ConnectionDelegate, delegate)
+        make_delegate = lambda: shared  # noqa: E731
     identity = local
 
     def accept() -> Connection:

@@ -2,7 +2,10 @@
 
 A frame is a tuple whose first item is its tag. The hot ones carry plain ids
 instead of ``Pid``/``Ref`` objects (a Pid pickles ~7x slower than an int):
-the receiving node and the sending peer imply the rest.
+the receiving node and the sending peer imply the rest. Their handlers look
+the process or the pending call up with a plain tuple, which hashes and
+compares as the Pid or Ref of the same fields (~50 ns to build, against
+~170 ns for the subclass): the ``type: ignore``s below say just that.
 
 | tag | frame | on arrival |
 |---|---|---|
@@ -39,7 +42,7 @@ log = logging.getLogger("hermes.dist")
 
 def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node
-    proc = node.procs.get((node.name, node.creation, frame[1]))  # a plain tuple finds a Pid key
+    proc = node.procs.get((node.name, node.creation, frame[1]))  # type: ignore[call-overload]
     if proc is not None:
         proc.deliver(frame[2])
 
@@ -47,7 +50,7 @@ def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> Non
 def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     _, pid_id, request, sender_id, ref_n = frame
     node = dist.node
-    proc = node.procs.get((node.name, node.creation, pid_id))  # a plain tuple finds a Pid key
+    proc = node.procs.get((node.name, node.creation, pid_id))  # type: ignore[call-overload]
     if proc is None:
         _refuse_call(conn, ref_n, Pid(node.name, node.creation, pid_id))
     else:
@@ -86,12 +89,12 @@ def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) 
 
 def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node
-    node.reply((node.name, node.creation, frame[1]), frame[2])
+    node.reply((node.name, node.creation, frame[1]), frame[2])  # type: ignore[arg-type]
 
 
 def _on_reply_error(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node
-    node.fail_pending((node.name, node.creation, frame[1]), frame[2])
+    node.fail_pending((node.name, node.creation, frame[1]), frame[2])  # type: ignore[arg-type]
 
 
 def unsendable_reply(ref_n: int, value: Any, exc: SerializationError, rpc: bool) -> tuple[Any, ...]:

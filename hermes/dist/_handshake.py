@@ -37,7 +37,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from hermes._errors import HandshakeError
 
@@ -299,5 +299,5 @@ def _hex_field(message: dict[str, Any], key: str, size: int) -> bytes:
         raise HandshakeError(f"bad {key!r} field") from exc
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a number

@@ -26,7 +26,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from .._errors import HermesError, RemoteError, SerializationError
 from ..runtime._messages import NodeDown, NodeUp
@@ -55,9 +55,11 @@ class Distribution:
         self.node = node
         self.cookie = cookie
         self.hidden = hidden
-        self.options = {"tick_interval": tick_interval, "max_frame": max_frame}
+        self.tick_interval = tick_interval
+        self.max_frame = max_frame
         self.connect_timeout = connect_timeout
-        self.local: PeerInfo | None = None
+        # who we are to peers; the address (port 0: not listening) is set by listen()
+        self.local = PeerInfo(node.name, node.creation, ("127.0.0.1", 0), hidden)
         self.server: asyncio.Server | None = None
         self.conns: dict[str, Connection] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
@@ -87,7 +89,8 @@ class Distribution:
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         self.local = PeerInfo(self.node.name, self.node.creation, (host, port), self.hidden)
-        self.server = await start_listener(self, host, port, local=self.local, cookie=self.cookie, **self.options)
+        self.server = await start_listener(self, host, port, local=self.local, cookie=self.cookie,
+                                           tick_interval=self.tick_interval, max_frame=self.max_frame)
         bound = self.server.sockets[0].getsockname()[:2]
         self.local = PeerInfo(self.node.name, self.node.creation, (host, bound[1]), self.hidden)
         log.debug("node %s listening on %s:%d", self.node.name, host, bound[1])
@@ -241,7 +244,8 @@ class Distribution:
     async def _open(self, address: tuple[str, int], expect: str | None) -> bool:
         try:
             conn = await open_connection(self, address[0], address[1], local=self.local, cookie=self.cookie,
-                                         timeout=self.connect_timeout, **self.options)
+                                         timeout=self.connect_timeout, tick_interval=self.tick_interval,
+                                         max_frame=self.max_frame)
         except PeerRefusedError:
             # refused at the handshake: a duplicate (we may be connected the other way)
             return await self._wait_connected(expect, address)
@@ -354,6 +358,12 @@ class Distribution:
 
 
 # -- what each frame does on arrival ----------------------------------------
+
+def of(node: Node) -> Distribution | None:
+    """``node.dist`` as this module's ``Distribution``, for the layers above
+    (pg, pubsub, the cluster tools): the runtime sees only its own protocol."""
+    return cast("Distribution | None", node.dist)
+
 
 def portable_reason(reason: Any) -> Any:
     """An exit reason that cannot be pickled, as one that can: an exception

@@ -21,6 +21,7 @@ import logging
 from typing import Any, Callable, Iterable
 
 from .._errors import HermesError
+from ..dist._manager import of as dist_of
 from ..runtime import Actor, Pid, Ref, register, send
 from ..runtime import _node as _nodemod
 from ..runtime._node import Node
@@ -87,7 +88,7 @@ class Scope(Actor):
         rest; then the ``after_restart`` hooks run."""
         for hook in list(self.wiring.after_restart.values()):
             self.node.loop.call_soon(hook)
-        client, dist = self.wiring.client, self.node.dist
+        client, dist = self.wiring.client, dist_of(self.node)
         if client is not None:
             client.reset_local()
             client.resync()
@@ -122,7 +123,7 @@ class Scope(Actor):
         return list(found)
 
     def _visible(self, name: str, creation: int) -> bool:
-        dist = self.node.dist
+        dist = dist_of(self.node)
         return dist is not None and dist.connected(name) and dist.peer_creation(name) == creation
 
     # -- local writes ---------------------------------------------------------
@@ -186,7 +187,7 @@ class Scope(Actor):
         if self.wiring.client is not None:
             self.wiring.client.push(changes)
         elif self.wiring.over_mesh:
-            dist = self.node.dist
+            dist = dist_of(self.node)
             for conn in list(dist.conns.values()):  # type: ignore[union-attr]
                 if not conn.peer.hidden:
                     conn.send(("pg_delta", changes))
@@ -344,7 +345,7 @@ class Scope(Actor):
                 self._changed(group, "join", came)
 
     def _discover(self, nodes: dict[str, tuple[int, Any]]) -> None:
-        dist = self.node.dist
+        dist = dist_of(self.node)
         if dist is None or getattr(dist, "hidden", False):
             return
         for name, (_creation, address) in nodes.items():

@@ -32,7 +32,7 @@ import threading
 import time
 from multiprocessing import connection, managers
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 from hermes._errors import HermesError
 from hermes.pg._directory import DEFAULT_LOG_SIZE, Directory
@@ -65,14 +65,15 @@ class _DirectoryServer(managers.Server):
         super().__init__(registry, address, authkey, serializer)
         # managers.Server listens with backlog=16: with more simultaneous connects, the kernel
         # drops handshakes and clients stall for seconds. Listening again raises the backlog.
-        sock = getattr(getattr(self.listener, "_listener", None), "_socket", None)
+        # (managers.Server's attributes below are not in typeshed: hence the ignores)
+        sock = getattr(getattr(self.listener, "_listener", None), "_socket", None)  # type: ignore[attr-defined]
         if sock is not None:
             sock.listen(LISTEN_BACKLOG)
         make_directory, exposed, _, _ = registry["Directory"]
         self.directory: Directory = make_directory()
-        with self.mutex:   # the server's own reference: client decrefs never dispose of it
-            self.id_to_obj[DIRECTORY_ID] = (self.directory, set(exposed), None)
-            self.id_to_refcount[DIRECTORY_ID] = 1
+        with self.mutex:  # type: ignore[attr-defined]  # our own reference: client decrefs never dispose of it
+            self.id_to_obj[DIRECTORY_ID] = (self.directory, set(exposed), None)  # type: ignore[assignment]
+            self.id_to_refcount[DIRECTORY_ID] = 1  # type: ignore[attr-defined]
 
     def handle_request(self, conn: connection.Connection) -> None:
         with socket.socket(fileno=os.dup(conn.fileno())) as sock:
@@ -87,11 +88,15 @@ class DirectoryManager(managers.BaseManager):
     def __init__(self, address: Address, authkey: bytes, directory: Directory | None = None) -> None:
         super().__init__(address, authkey)
         if directory is not None:   # the serving side binds the typeid to its one instance
-            self._registry = {**self._registry, "Directory": (lambda: directory, EXPOSED, None, managers.AutoProxy)}
+            self._registry = {  # (BaseManager's private table, not in typeshed)
+                **self._registry,  # type: ignore[has-type]
+                "Directory": (lambda: directory, EXPOSED, None, managers.AutoProxy),  # type: ignore[attr-defined]
+            }
 
     def get_server(self) -> _DirectoryServer:
         # BaseManager.get_server() instantiates managers.Server itself, ignoring `_Server`.
-        return _DirectoryServer(self._registry, self._address, self._authkey, self._serializer)
+        return _DirectoryServer(self._registry, self._address, self._authkey,  # type: ignore[attr-defined]
+                                self._serializer)  # type: ignore[attr-defined]
 
 
 DirectoryManager.register("Directory", exposed=EXPOSED)
@@ -110,7 +115,8 @@ def serve(
     directory = Directory(lease_ttl=lease_ttl, log_size=log_size)
     server = DirectoryManager((host, port), cookie, directory).get_server()
     threading.Thread(target=_reap, args=(server, idle_exit), name="pg-reaper", daemon=True).start()
-    log.info("pg service listening on %s:%s", *server.address[:2])
+    bound = cast("tuple[str, int]", server.address)  # a TCP address here, not a socket path
+    log.info("pg service listening on %s:%s", *bound[:2])
     server.serve_forever()   # exits the process (sys.exit) when its stop_event is set
 
 

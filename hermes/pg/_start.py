@@ -13,6 +13,7 @@ from multiprocessing import AuthenticationError
 from typing import Any
 
 from .._errors import HermesError
+from ..dist._manager import of as dist_of
 from ..runtime._node import Node
 from ._client import ServiceClient
 from ._scope import Scope, Wiring, current_scope, get_scope
@@ -59,7 +60,7 @@ async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.
     wired the same way without anything being re-registered."""
     scope = get_scope()
     wiring = scope.wiring
-    dist = node.dist
+    dist = dist_of(node)
     if dist is not None:
         dist.up_listeners.append(lambda name, peer: _on_scope(node, "visibility_changed", name, {}))
         dist.down_listeners.append(lambda name, creation, lost: _node_lost(node, name, creation))
@@ -132,7 +133,7 @@ def _node_lost(node: Node, name: str, creation: int) -> None:
 
 def _address_of(client: ServiceClient, name: str) -> tuple[str, int] | None:
     entry = client.nodes().get(name)
-    return tuple(entry[1]) if entry is not None and entry[1] is not None else None  # type: ignore[return-value]
+    return tuple(entry[1]) if entry is not None and entry[1] is not None else None
 
 
 def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, int] | None:
@@ -147,7 +148,7 @@ def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, in
         return None
     finally:
         conn.close()
-    return tuple(entry[1]) if entry is not None and entry[1] is not None else None  # type: ignore[return-value]
+    return tuple(entry[1]) if entry is not None and entry[1] is not None else None
 
 
 def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float) -> None:

@@ -24,7 +24,7 @@ import os
 import pickle
 import socket
 import struct
-from multiprocessing import connection, managers
+from multiprocessing import AuthenticationError, connection, managers
 from typing import Any
 
 from hermes._errors import HermesError, SerializationError
@@ -108,14 +108,14 @@ class ServiceConnection:
             raise ServiceUnavailable(f"pg service at {self.address}: {method} failed: {exc!r}") from exc
         if kind == "#RETURN":
             return result
-        raise managers.convert_to_error(kind, result)
+        raise managers.convert_to_error(kind, result)  # type: ignore[attr-defined]  # private, as the proxies use it
 
 
 def ping_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
     """True if a pg service answers at ``address`` with this cookie (within ``timeout``)."""
     try:
         conn = ServiceConnection(address, cookie, timeout=timeout, name="hermes-ping")
-    except (ServiceUnavailable, connection.AuthenticationError, managers.RemoteError) as exc:
+    except (ServiceUnavailable, AuthenticationError, managers.RemoteError) as exc:
         log.debug("no pg service at %s: %r", address, exc)
         return False
     try:

@@ -75,7 +75,7 @@ class Actor:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._hermes_dispatch = staticmethod(_make_dispatch(cls))  # type: ignore[assignment]
+        cls._hermes_dispatch = staticmethod(_make_dispatch(cls))
         cls._hermes_has_terminate = cls.terminate is not Actor.terminate
         cls._hermes_direct_info = not inspect.iscoroutinefunction(cls.handle_info)
 
@@ -150,10 +150,10 @@ def _make_dispatch(cls: type[Actor]) -> Callable[[Actor, Any], Any]:
 async def _async_call(actor: Actor, msg: Call) -> None:
     proc = actor._hermes_proc
     proc.calling = msg.ref
-    reply = await actor.handle_call(msg.request, msg.sender)  # type: ignore[misc]
+    reply = await actor.handle_call(msg.request, msg.sender)
     if proc.calling is not None and reply is not NOREPLY:
         proc.node.reply(msg.ref, reply)
     proc.calling = None
 
 
-Actor._hermes_dispatch = staticmethod(_make_dispatch(Actor))  # type: ignore[assignment]
+Actor._hermes_dispatch = staticmethod(_make_dispatch(Actor))

@@ -112,8 +112,8 @@ class Node:
             proc.links = {remote_link}
         if isinstance(proc, ActorProcess):
             self._init_actor(proc, target, args, kwargs)
-        else:
-            proc.start(args, kwargs)  # type: ignore[union-attr]
+        elif isinstance(proc, TaskProcess):
+            proc.start(args, kwargs)
         return pid
 
     def _init_actor(self, proc: ActorProcess, cls: type[Actor], args: tuple[Any, ...],
@@ -126,7 +126,7 @@ class Node:
             return
         token = current.set(proc)
         try:
-            actor.__init__(*args, **kwargs)
+            cls.__init__(actor, *args, **kwargs)
         except BaseException as exc:  # even SystemExit: only this actor fails
             proc.crashed(exc, "__init__")  # no terminate: the actor never started
             return

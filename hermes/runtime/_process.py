@@ -262,9 +262,10 @@ class ActorProcess(Process):
             return
         current.set(self)
         actor = self.actor
+        assert actor is not None  # set before the first drain, cleared after the last
         mailbox = self.mailbox
-        dispatch = actor._hermes_dispatch  # type: ignore[union-attr]
-        direct = actor._hermes_direct_info  # type: ignore[union-attr]
+        dispatch = actor._hermes_dispatch
+        direct = actor._hermes_direct_info
         n = 0
         while mailbox and n < BATCH:
             msg = mailbox.popleft()
@@ -272,7 +273,7 @@ class ActorProcess(Process):
             try:
                 kind = type(msg)
                 if direct and kind is not Call and kind is not Cast:  # most messages: one call, not two
-                    actor.handle_info(msg)  # type: ignore[union-attr]
+                    actor.handle_info(msg)
                     coro = None
                 else:
                     coro = dispatch(actor, msg)
