@@ -41,7 +41,7 @@ from hermes.dist._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import _node as _nodemod
 
 from _cluster import poll
-from conftest import wait_until
+from conftest import nodes_can_import_tests, wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 HEADER = struct.Struct(">I")
@@ -53,15 +53,8 @@ HEADER = struct.Struct(">I")
 @pytest.fixture(scope="module")
 def node_path() -> Iterator[None]:
     """Nodes started (or restarted) by this module can import it."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, old) if p)
-    try:
+    with nodes_can_import_tests():
         yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
 def _processes(c: hermes.LocalCluster) -> list[Any]:

@@ -15,12 +15,9 @@ puts this folder on their ``PYTHONPATH``).
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -29,7 +26,7 @@ import hermes
 from hermes import pg, pubsub
 
 from _cluster import poll
-from conftest import ask, agent, forwarded, run_node, wait_until
+from conftest import ask, agent, forwarded, run_node, nodes_can_import_tests, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -490,24 +487,9 @@ async def identity_check(topic: Any) -> tuple[bool, bool]:
     return tuple(results)  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def helpers_importable() -> Iterator[None]:
-    """Nodes started meanwhile import this module by name (its helpers)."""
-    here = str(Path(__file__).resolve().parent)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, old) if p)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[hermes.LocalCluster]:
-    with helpers_importable():
+    with nodes_can_import_tests():
         c = hermes.LocalCluster(["a", "b", "c"])
     try:
         yield c
@@ -736,7 +718,7 @@ def test_publish_follows_a_node_that_restarts_and_one_that_joins_late():
     # The publisher caches its connections to the group's nodes: a restarted
     # node (new incarnation, new connection) and a new node must both be found.
     topic = "t-restart"
-    with helpers_importable(), hermes.LocalCluster(["p", "q"]) as c:
+    with nodes_can_import_tests(), hermes.LocalCluster(["p", "q"]) as c:
         p, q = c.nodes
         collectors = Collectors(c, "restart")
         first = collectors.start("q", [topic])
