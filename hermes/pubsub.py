@@ -198,7 +198,7 @@ def start(name: str) -> Pid:
     put it under a supervisor of your own, use ``child_spec(name)`` instead."""
     if name in _instances():
         raise ValueError(f"a PubSub named {name!r} is already running on this node")
-    pid = spawn(Supervisor, *child_spec(name)["start"][1:])
+    pid = spawn(Supervisor, _children(name), "rest_for_one")
     if name not in _instances():
         raise HermesError(f"PubSub {name!r} failed to start")
     return pid
@@ -207,9 +207,13 @@ def start(name: str) -> Pid:
 def child_spec(name: str) -> dict[str, Any]:
     """PubSub instance ``name`` as a child of a ``Supervisor``, like Elixir's
     ``{Phoenix.PubSub, name: ...}``: ``Supervisor([pubsub.child_spec("chat"), ...])``."""
+    return {"id": ("hermes.pubsub", name), "start": (Supervisor, _children(name), "rest_for_one")}
+
+
+def _children(name: str) -> list[tuple[Any, ...]]:
+    """An instance's own registry, then its PGServer (restarted after it)."""
     registry_name = f"{name}.registry"
-    children = [(registry.Registry, registry_name, "duplicate"), (PGServer, name, registry_name)]
-    return {"id": ("hermes.pubsub", name), "start": (Supervisor, children, "rest_for_one")}
+    return [(registry.Registry, registry_name, "duplicate"), (PGServer, name, registry_name)]
 
 
 def subscribe(topic: Any, metadata: Any = None, *, pubsub: str | None = None) -> None:
