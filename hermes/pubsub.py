@@ -21,6 +21,7 @@ If the message must cross nodes and cannot be pickled, ``publish`` raises
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable
 
@@ -64,7 +65,7 @@ class PGServer(Actor):
         # PGServer is restarted after it by the system supervisor; any other
         # would stay out of its group (no remote publish would reach this
         # node) unless it joins again.
-        self._rejoin = _Rejoin(self.node, self._hermes_proc.pid)
+        self._rejoin = functools.partial(self.node.send, self._hermes_proc.pid, REJOIN)  # dead: dropped
         self.pg.after_restart[self.group] = self._rejoin
 
     def remote_connections(self) -> tuple[Any, ...]:
@@ -103,20 +104,6 @@ class PGServer(Actor):
         if self.pg.after_restart.get(self.group) is self._rejoin:
             del self.pg.after_restart[self.group]
 
-
-class _Rejoin:
-    """pg's after-restart hook for one PGServer: a REJOIN message (dropped if it died)."""
-
-    __slots__ = ("node", "pid")
-
-    def __init__(self, node: Any, pid: Pid) -> None:
-        self.node = node
-        self.pid = pid
-
-    def __call__(self) -> None:
-        proc = self.node.procs.get(self.pid)
-        if proc is not None:
-            proc.deliver(REJOIN)
 
 
 def _forward_handler(instances: dict[str, PGServer]) -> Callable[[Any, Any, tuple[Any, ...]], None]:
@@ -172,11 +159,7 @@ def _fan_out(reg: registry.Registry, topic: Any, msg: Any, exclude: Pid | None) 
     """Deliver ``msg`` to this node's subscribers of ``topic``, once per
     subscription. ``deliver`` runs no actor code, so the targets cannot change
     under us."""
-    targets = reg.delivery.get(topic)
-    if targets is None:
-        if topic not in reg.table:
-            return
-        targets = reg.targets(topic)
+    targets = reg.delivery.get(topic) or reg.targets(topic)
     if exclude is None:
         for _, deliver in targets:
             deliver(msg)

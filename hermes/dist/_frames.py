@@ -14,7 +14,7 @@ compares as the Pid or Ref of the same fields (~50 ns to build, against
 | ``cn`` | ``(cn, name, request, sender_id, ref_n)`` | the same, to our actor registered as ``name`` |
 | ``r`` / ``x`` | ``(r, ref_n, value)`` / ``(x, ref_n, error)`` | a reply (or its error) for our pending call ``ref_n`` |
 | ``send_name`` | ``(send_name, name, msg)`` | deliver to our actor registered as ``name`` |
-| ``exit``, ``link_exit``, ``link``, ``unlink``, ``monitor``, ``demonitor``, ``down`` | pids and refs in full | the runtime's signals (``demonitor`` of a call by name: ``None``, the ref) |
+| ``exit``, ``link_exit``, ``link``, ``unlink``, ``monitor``, ``demonitor``, ``down`` | pids and refs in full | the runtime's signals (``demonitor`` of a call: ``None``, the call's ref) |
 | ``spawn`` / ``rpc`` | target, args, kwargs | start an actor (or an rpc's temporary actor) here |
 | ``peers`` | ``[(name, address)]`` | mesh completion: connect to those we lack |
 | ``bye`` | | the peer hangs up on purpose: not a failure to report |

@@ -192,8 +192,8 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
         del node_.pending[ref]
         if proc is not None:
             proc.signal_demonitor(ref)
-        elif node_.pending_remote.pop(ref, None) is not None and not replied:
-            node_.route_demonitor(target, ref)  # a reply already ended the monitor on its node
+        elif node_.pending_remote.pop(ref, None) is not None and not replied:  # a reply ends it there
+            node_.end_remote_call(target[0] if type(target) is Pid else target[1], ref)
 
 
 def _call_remote(node_: _nodemod.Node, target: Pid | tuple[str, str], request: Any, caller: Process | None,

@@ -248,21 +248,23 @@ class Node:
         else:
             self._remote(dest, ("monitor", dest, watcher, ref))
 
-    def route_demonitor(self, dest: Pid | tuple[str, str] | None, ref: Ref) -> None:
-        if type(dest) is not Pid:  # the monitor of a call by name: its node knows it by the ref
-            if dest is None:  # (from the caller's node)
-                callee = self.call_monitors.pop(ref, None)
-                if callee is not None:
-                    callee.signal_demonitor(ref)
-            elif self.dist is not None:
-                self.dist.send_signal(dest[1], ("demonitor", None, ref))
+    def route_demonitor(self, dest: Pid | None, ref: Ref) -> None:
+        if dest is None:  # a remote caller gave up on its call: we know the callee by the ref
+            callee = self.call_monitors.pop(ref, None)
+            if callee is not None:
+                callee.signal_demonitor(ref)
             return
         proc = self.procs.get(dest)
         if proc is not None:
             proc.signal_demonitor(ref)
-            self.call_monitors.pop(ref, None)
         elif not self.is_local(dest):
             self._remote(dest, ("demonitor", dest, ref))
+
+    def end_remote_call(self, node: str, ref: Ref) -> None:
+        """A call to an actor on ``node`` ended without its reply (timeout,
+        cancel): that node holds the call's monitor under ``ref``; drop it."""
+        if self.dist is not None:
+            self.dist.send_signal(node, ("demonitor", None, ref))
 
     def route_down(self, watcher: Pid | None, ref: Ref, pid: Pid, reason: Any) -> None:
         """Tell ``watcher`` that ``pid`` is gone: a pending call, or a Down message."""
