@@ -13,9 +13,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from ._errors import ActorExited
-from .runtime import _node as _nodemod
-from .runtime._node import Node, default_host
+from ._config import NodeConfig
+from ._errors import ActorExited, HermesError
+from .runtime import lowlevel
+from .runtime.lowlevel import Node, default_host
 
 log = logging.getLogger("hermes")
 
@@ -37,26 +38,34 @@ def run(main: Callable[..., Any] | None = None, *args: Any, name: str, cookie: s
         cluster: str | None = None, host: str = "127.0.0.1", port: int = 0, **options: Any) -> Any:
     """Run a node in this process until ``main`` ends (or forever without one).
 
-    Returns what ``main`` returned, or raises what it raised."""
-    return asyncio.run(run_async(main, *args, name=name, cookie=cookie, cluster=cluster,
-                                 host=host, port=port, **options))
+    Returns what ``main`` returned, or raises what it raised. Options are
+    checked (``NodeConfig``) before anything starts."""
+    config = NodeConfig.build(name=name, cookie=cookie, cluster=cluster, host=host, port=port, **options)
+    return asyncio.run(run_async(main, *args, config=config))
 
 
-async def run_async(main: Callable[..., Any] | None = None, *args: Any, name: str,
-                    cookie: str | bytes | None = None, cluster: str | None = None,
-                    host: str = "127.0.0.1", port: int = 0, ready: Callable[[Node], Any] | None = None,
-                    **options: Any) -> Any:
-    if _nodemod._node is not None:
-        raise RuntimeError("a Hermes node is already running in this process")
+async def run_async(main: Callable[..., Any] | None = None, *args: Any, config: NodeConfig | None = None,
+                    ready: Callable[[Node], Any] | None = None, **options: Any) -> Any:
+    """``run`` on the running loop, with SIGINT/SIGTERM handlers (the node process's
+    and ``run``'s body). Takes the options of ``run`` or a built ``config``."""
+    if config is None:
+        config = NodeConfig.build(**options)
+    elif options:
+        config = config.replace(**options)
+    if config.name is None:
+        raise TypeError("run() needs name=: the node's name, NAME or NAME@HOST")
+    if lowlevel.node_or_none() is not None:
+        raise HermesError("a Hermes node is already running in this process")
     loop = asyncio.get_running_loop()
-    node = Node(full_name(name), loop, creation=new_creation())
-    _nodemod.set_node(node)
+    node = Node(full_name(config.name), loop, creation=new_creation())
+    node.config = config
+    lowlevel.set_current_node(node)
     stop = asyncio.Event()
     node.request_stop = stop.set
     _install_signal_handlers(loop, stop)
     services: list[Any] = []
     try:
-        await _start_layers(node, services, cookie=cookie, cluster=cluster, host=host, port=port, **options)
+        await _start_layers(node, services, config)
         if ready is not None:
             ready(node)
         return await _run_main(node, main, args, stop)
@@ -68,7 +77,7 @@ async def run_async(main: Callable[..., Any] | None = None, *args: Any, name: st
                 await service.stop()
             except Exception:
                 log.exception("error while stopping %r", service)
-        _nodemod.set_node(None)
+        lowlevel.set_current_node(None)
 
 
 async def _run_main(node: Node, main: Callable[..., Any] | None, args: tuple[Any, ...],
@@ -97,23 +106,23 @@ async def _run_main(node: Node, main: Callable[..., Any] | None, args: tuple[Any
 SYSTEM = "hermes.system"
 
 
-async def _start_layers(node: Node, services: list[Any], **options: Any) -> None:
+async def _start_layers(node: Node, services: list[Any], config: NodeConfig) -> None:
     """Bottom up: distribution; then the node's own actors (default Registry,
     pg scope, default PubSub) under one ``rest_for_one`` supervisor, as an OTP
     application would, so a crashed scope restarts and the PGServer after it
     joins again; then pg's link to the cluster (the service client)."""
     from . import pubsub, registry
-    from .dist import _manager as dist_layer
+    from . import mesh as dist_layer
     from .pg import _start as pg_layer
     from .runtime import Supervisor
 
-    services.append(await dist_layer.start(node, **options))
+    services.append(await dist_layer.start(node, config))
     children = registry.system_children() + pg_layer.system_children() + pubsub.system_children()
     supervisor = node.spawn(Supervisor, (children,), {"strategy": "rest_for_one", "max_restarts": 5,
                                                       "max_seconds": 5.0}, parent=None, link=False)
     node.names[SYSTEM] = supervisor
     node.procs[supervisor].name = SYSTEM
-    services.append(await pg_layer.start(node, **options))
+    services.append(await pg_layer.start(node, config))
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

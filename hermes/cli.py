@@ -1,45 +1,84 @@
-"""``python -m hermes service | node | shell``: the command line."""
+"""``python -m hermes service | node | shell``: the command line.
+
+The node options (``--tick-interval``, ``--max-link-buffer``...) are made from
+``NodeConfig``'s table, so the CLI, ``run`` and ``LocalCluster`` share one list
+of names, defaults and checks.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
+
+from ._config import TLSConfig, cli_options
+
+NODE_FLAGS_SKIPPED = ("name", "host", "port", "cookie", "cluster", "peers")  # added by hand, with their help
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", required=True, help="node name: NAME or NAME@HOST")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on, told to peers")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
-    parser.add_argument("--cookie", default=None, help="cluster cookie (else HERMES_COOKIE, ~/.hermes/cookie)")
-    parser.add_argument("--cluster", default=None, help="'local' or HOST:PORT of the pg service")
+def _node_options(parser: argparse.ArgumentParser, *, name_required: bool) -> None:
+    parser.add_argument("--name", required=name_required, default=None, help="node name: NAME or NAME@HOST")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on, and the address peers are told (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: 0, any free port)")
+    parser.add_argument("--cookie", default=None, help="cluster cookie (default: HERMES_COOKIE, else ~/.hermes/cookie)")
+    parser.add_argument("--cluster", default=None,
+                        help="'local' or HOST:PORT of the pg service (default: none, a standalone node)")
     parser.add_argument("--peers", default=None,
                         help="static discovery: comma-separated HOST:PORT of nodes to stay connected to")
-    parser.add_argument("--tick-interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    parser.add_argument("--lease-ttl", type=float, default=3.0, help=argparse.SUPPRESS)
+    for name, default, text in cli_options():
+        if name in NODE_FLAGS_SKIPPED:
+            continue
+        flag = "--" + name.replace("_", "-")
+        kind = type(default) if default is not None else str
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default: {default})")
+    parser.add_argument("--tls-cert", default=None, help="this node's certificate (PEM); also HERMES_TLS_CERT")
+    parser.add_argument("--tls-key", default=None, help="its private key (PEM); also HERMES_TLS_KEY")
+    parser.add_argument("--tls-ca", default=None, help="the CA peers' certificates must chain to; also HERMES_TLS_CA")
+
+
+def node_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``NodeConfig`` options given on the command line (defaults left out)."""
+    options: dict[str, Any] = {}
+    for name in ("name", "host", "port", "cookie", "cluster"):
+        options[name] = getattr(args, name)
+    if args.peers:
+        options["peers"] = [p.strip() for p in args.peers.split(",") if p.strip()]
+    for name, _default, _text in cli_options():
+        if name not in NODE_FLAGS_SKIPPED and getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    tls_parts = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls_parts):
+        if not all(tls_parts):
+            raise SystemExit("hermes: --tls-cert, --tls-key and --tls-ca go together")
+        options["tls"] = TLSConfig(*tls_parts)  # type: ignore[arg-type]
+    else:
+        tls = TLSConfig.from_env()
+        if tls is not None:
+            options["tls"] = tls
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hermes", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="hermes", description="Hermes: Erlang/OTP-style actors and a "
+                                     "distributed PubSub. Also run as `python -m hermes`.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     service = sub.add_parser("service", help="run a pg service in the foreground")
-    service.add_argument("--host", default="127.0.0.1")
-    service.add_argument("--port", type=int, default=4370)
-    service.add_argument("--cookie", default=None)
-    service.add_argument("--lease-ttl", type=float, default=3.0)
+    service.add_argument("--host", default="127.0.0.1", help="interface to serve on (default: %(default)s)")
+    service.add_argument("--port", type=int, default=4370, help="port (default: %(default)s)")
+    service.add_argument("--cookie", default=None, help="cluster cookie (default: HERMES_COOKIE, else ~/.hermes/cookie)")
+    service.add_argument("--lease-ttl", type=float, default=3.0,
+                         help="seconds a silent node keeps its registration (default: %(default)s)")
 
     node = sub.add_parser("node", help="run a node in the foreground until SIGTERM/SIGINT")
-    _common(node)
+    _node_options(node, name_required=True)
     node.add_argument("--app", default=None, help="MODULE:FUNCTION spawned as the first actor")
     node.add_argument("--control-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     shell = sub.add_parser("shell", help="an interactive node, or a shell attached to one")
-    shell.add_argument("--name", default=None)
-    shell.add_argument("--host", default="127.0.0.1")
-    shell.add_argument("--port", type=int, default=0)
-    shell.add_argument("--cookie", default=None)
-    shell.add_argument("--cluster", default=None)
+    _node_options(shell, name_required=False)
     shell.add_argument("--remote", default=None, help="NAME@HOST of a running node to attach to")
     return parser
 
@@ -52,12 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
     if args.command == "service":
-        from .dist._cookie import resolve_cookie
-        from .pg._service import serve
+        from .mesh import is_loopback
+        from .pg.service import serve
+        from .transport import resolve_cookie
 
-        from .dist._manager import is_loopback
-
-        cookie = resolve_cookie(args.cookie)
+        cookie = resolve_cookie(args.cookie, create=is_loopback(args.host))
         if not is_loopback(args.host) and cookie.source == "generated":
             raise SystemExit("refusing to serve on a non-loopback interface with a cookie made up just now: "
                              "pass --cookie, set HERMES_COOKIE or write ~/.hermes/cookie")
@@ -65,14 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "node":
         from .cluster._nodeproc import run_node
 
-        run_node(args.name, host=args.host, port=args.port, cookie=args.cookie, cluster=args.cluster,
-                 app=args.app, control_fd=args.control_fd, tick_interval=args.tick_interval,
-                 lease_ttl=args.lease_ttl, peers=args.peers.split(",") if args.peers else None)
+        run_node(node_options(args), app=args.app, control_fd=args.control_fd)
     else:
         from .shell import run_shell
 
-        run_shell(name=args.name, host=args.host, port=args.port, cookie=args.cookie, cluster=args.cluster,
-                  remote=args.remote)
+        options = node_options(args)
+        run_shell(name=options.pop("name"), remote=args.remote, **options)
 
 
 if __name__ == "__main__":

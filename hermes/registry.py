@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable
 
 from ._errors import HermesError, NotInActor
 from .runtime import Actor, Pid, register as register_name, spawn
-from .runtime import _node as _nodemod
-from .runtime._node import Node
-from .runtime._process import Process, current
+from .runtime import lowlevel
+from .runtime.lowlevel import Node
+from .runtime.lowlevel import Process, current
 
 DEFAULT = "hermes.registry"
 KINDS = ("duplicate", "unique")
@@ -50,12 +50,12 @@ class Registry(Actor):
         self.by_pid: dict[Pid, list[Any]] = {}  # pid -> its keys (one per entry)
         # key -> ((pid, its process's deliver), ...) per entry; see ``targets``
         self.delivery: dict[Any, tuple[tuple[Pid, Callable[[Any], None]], ...]] = {}
-        self.procs = _nodemod.get().procs
-        _tables(_nodemod.get())[name] = self
+        self.procs = lowlevel.current_node().procs
+        _tables(lowlevel.current_node())[name] = self
         register_name(name)
 
     def terminate(self, reason: Any) -> None:
-        _tables(_nodemod.get()).pop(self.name, None)
+        _tables(lowlevel.current_node()).pop(self.name, None)
 
     # -- writes (called in the registrant's context) --------------------------
 
@@ -130,16 +130,22 @@ def _forget(proc: Process) -> None:
     the table of an exiting Registry actor (``kill`` skips ``terminate``)."""
     tables = _tables(proc.node)
     for name, reg in list(tables.items()):
-        if reg._hermes_proc is proc:
+        if lowlevel.process_of_actor(reg) is proc:
             del tables[name]
         elif proc.pid in reg.by_pid:
             reg.forget(proc.pid)
 
 
+def get_registry(registry: str | None = None) -> Registry:
+    """The ``Registry`` actor instance named ``registry`` (default: the node's), for
+    layers that read its table directly (pubsub's fan-out)."""
+    return _table(registry)
+
+
 def _table(registry: str | None) -> Registry:
     name = registry or DEFAULT
     try:
-        return _tables(_nodemod.get())[name]
+        return _tables(lowlevel.current_node())[name]
     except KeyError:
         raise HermesError(f"no registry named {name!r} runs on this node") from None
 
@@ -157,7 +163,7 @@ def start(name: str, keys: str = "duplicate") -> Pid:
     """Start a Registry actor registered under ``name``."""
     if keys not in KINDS:
         raise ValueError(f"keys must be one of {KINDS}, not {keys!r}")
-    node = _nodemod.get()
+    node = lowlevel.current_node()
     if name in _tables(node):
         raise ValueError(f"a registry named {name!r} is already running")
     pid = spawn(Registry, name, keys)

@@ -27,8 +27,8 @@ from typing import Any
 import hermes
 
 from ._app import full_name, run_async
-from .runtime import _node as _nodemod
-from .runtime._process import current
+from .runtime import lowlevel
+from .runtime.lowlevel import current
 
 BANNER = ("Hermes shell on {node} (Python {version}). Top-level await works; "
           "flush() prints and empties this shell's mailbox. Ctrl-D quits.")
@@ -124,8 +124,10 @@ class _Console(code.InteractiveConsole):
         return False
 
 
-def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cookie: str | None = None,
-              cluster: str | None = None, remote: str | None = None) -> None:
+def run_shell(*, name: str | None, remote: str | None = None, cluster: str | None = None,
+              **options: Any) -> None:
+    """An interactive node (``options`` as for ``run``), or with ``remote`` a
+    hidden node whose console runs its chunks on that node."""
     if remote is None and name is None:
         raise SystemExit("shell: give --name NAME (or --remote NAME@HOST)")
     hidden = remote is not None
@@ -135,7 +137,7 @@ def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cooki
     stopped = threading.Event()
 
     async def main() -> None:
-        node = _nodemod.get()
+        node = lowlevel.current_node()
         if remote is None:
             hermes.spawn(shell_actor, started)  # it sets ``started`` to its pid
             await asyncio.wrap_future(started)
@@ -151,8 +153,8 @@ def run_shell(*, name: str | None, host: str = "127.0.0.1", port: int = 0, cooki
 
     def node_thread() -> None:
         try:
-            asyncio.run(run_async(main, name=node_name, cookie=cookie, cluster=cluster or ("local" if hidden else None),
-                                  host=host, port=port, hidden=hidden))
+            asyncio.run(run_async(main, name=node_name, cluster=cluster or ("local" if hidden else None),
+                                  hidden=hidden, **options))
         except BaseException as exc:  # report start failures to the console thread
             if not started.done():
                 started.set_exception(exc)

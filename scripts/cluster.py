@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import hermes  # noqa: E402
 from hermes._app import full_name  # noqa: E402
-from hermes.dist._cookie import resolve_cookie  # noqa: E402
+from hermes.transport._cookie import resolve_cookie  # noqa: E402
 from hermes.pg._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process  # noqa: E402
 
 

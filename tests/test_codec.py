@@ -1,4 +1,4 @@
-"""Tests for hermes.dist._codec: pickle first, cloudpickle when needed, clear errors."""
+"""Tests for hermes.transport._codec: pickle first, cloudpickle when needed, clear errors."""
 from __future__ import annotations
 
 import pickle
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from hermes._errors import SerializationError
-from hermes.dist._codec import dumps, dumps_fn, loads
+from hermes.transport._codec import dumps, dumps_fn, loads
 
 pytestmark = pytest.mark.timeout(30)
 

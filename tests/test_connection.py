@@ -1,4 +1,4 @@
-"""Tests for hermes.dist._connection over real sockets on 127.0.0.1: framing,
+"""Tests for hermes.transport._connection over real sockets on 127.0.0.1: framing,
 delivery order, coalesced writes, back-pressure, ticks and closing."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from hermes._errors import SerializationError
-from hermes.dist._connection import Connection, PeerInfo
-from hermes.dist._endpoints import open_connection, start_listener
-from hermes.dist._handshake import FRAME_HEADER, Handshake, State
+from hermes.transport._connection import Connection, PeerInfo
+from hermes.transport._endpoints import open_connection, start_listener
+from hermes.transport._handshake import FRAME_HEADER, Handshake, State
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -37,7 +37,7 @@ import pytest
 
 import hermes
 from hermes._app import full_name
-from hermes.dist._handshake import MAGIC, Handshake, PeerInfo
+from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import _node as _nodemod
 
 from _cluster import poll

@@ -1,5 +1,5 @@
-"""Tests for the cookie handshake (hermes.dist._handshake) and cookie resolution
-(hermes.dist._cookie): the state machine on bytes, then the same rules over
+"""Tests for the cookie handshake (hermes.transport._handshake) and cookie resolution
+(hermes.transport._cookie): the state machine on bytes, then the same rules over
 real sockets, where no byte from an unauthenticated peer may be unpickled."""
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from hermes._errors import HandshakeError
-from hermes.dist._connection import Connection, PeerInfo, PeerRefusedError
-from hermes.dist._endpoints import open_connection, start_listener
-from hermes.dist._cookie import ENV_VAR, resolve_cookie
-from hermes.dist._handshake import (
+from hermes.transport._connection import Connection, PeerInfo, PeerRefusedError
+from hermes.transport._endpoints import open_connection, start_listener
+from hermes.transport._cookie import ENV_VAR, resolve_cookie
+from hermes.transport._handshake import (
     FRAME_HEADER, MAGIC, Handshake, HandshakeRefused, State, connector_proof, encode_message,
 )
 
@@ -143,7 +143,7 @@ def test_cookie_explicit_then_env_then_file(tmp_path: Path, monkeypatch: pytest.
 @pytest.mark.timeout(60)
 def test_processes_starting_at_once_agree_on_one_cookie(tmp_path: Path) -> None:
     path = tmp_path / "cookie"
-    code = ("import sys; from hermes.dist._cookie import resolve_cookie; "
+    code = ("import sys; from hermes.transport._cookie import resolve_cookie; "
             "c = resolve_cookie(None, path=sys.argv[1]); print(c.value.decode(), c.source)")
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, env=env, text=True)

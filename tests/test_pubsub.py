@@ -429,7 +429,7 @@ def subscriber_pids(topic: Any, pubsub_name: str | None = None) -> list[hermes.P
 
 
 def start_pubsub(name: str) -> None:
-    if name not in pubsub._instances():
+    if name not in pubsub.instances():
         pubsub.start(name)
 
 

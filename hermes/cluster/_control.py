@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable
 
 from .._errors import RemoteError, SerializationError
-from ..dist._codec import dumps, loads
+from ..transport import dumps, loads
 
 log = logging.getLogger("hermes.cluster")
 HEADER = struct.Struct(">I")

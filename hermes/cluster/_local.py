@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._app import full_name
+from .._config import NodeConfig
 from .._errors import HermesError
-from ..dist._codec import dumps, loads
-from ..pg._service import free_port, start_service_process
+from ..transport import dumps, loads
+from ..pg.service import free_port, start_service_process
 from . import _control
 
 log = logging.getLogger("hermes.cluster")
@@ -48,11 +49,18 @@ class _NodeProcess:
 class LocalCluster:
     """Start a service and nodes ``names``; returns once all see each other."""
 
-    def __init__(self, names: list[str], *, cookie: str | None = None, tick_interval: float = 1.0,
-                 lease_ttl: float = 3.0, startup_timeout: float = 30.0, log_dir: str | None = None) -> None:
+    def __init__(self, names: list[str], *, cookie: str | None = None, startup_timeout: float = 30.0,
+                 log_dir: str | None = None, **options: Any) -> None:
+        """``options``: node options, as ``run`` takes them (checked here, once,
+        and given to every node); not ``name``, ``cluster``, ``host``, ``port``,
+        which the cluster sets."""
+        for own in ("name", "cluster", "host", "port"):
+            if own in options:
+                raise TypeError(f"LocalCluster sets option {own!r} itself")
+        self.config = NodeConfig.build(cookie=cookie, **options)
         self.cookie = cookie or secrets.token_urlsafe(24)
-        self.tick_interval = tick_interval
-        self.lease_ttl = lease_ttl
+        self.tick_interval = self.config.tick_interval
+        self.lease_ttl = self.config.lease_ttl
         self.startup_timeout = startup_timeout
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="hermes-cluster-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -129,8 +137,7 @@ class LocalCluster:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         args = [sys.executable, "-m", "hermes", "node", "--name", full,
                 "--cluster", f"{self.service_address[0]}:{self.service_address[1]}",
-                "--control-fd", str(answers_w), "--tick-interval", str(self.tick_interval),
-                "--lease-ttl", str(self.lease_ttl)]
+                "--control-fd", str(answers_w), *node_flags(self.config)]
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                                     pass_fds=(answers_w,), start_new_session=True)
@@ -232,17 +239,33 @@ def _mesh_view() -> list[str]:
     """On a node: the names of nodes it is connected to *and* whose PGServer it
     knows, itself included — the cluster is whole when these agree everywhere."""
     from .. import pg, pubsub
-    from ..runtime import _api
+    from ..runtime import node, nodes
 
     members = {pid.node for pid in pg.get_members(pubsub.group_of(pubsub.DEFAULT))}
-    return sorted(members & (set(_api.nodes()) | {_api.node()}))
+    return sorted(members & (set(nodes()) | {node()}))
 
 
 def _own_address() -> tuple[str, int]:
-    from ..dist._manager import of as dist_of
-    from ..runtime import _node as _nodemod
+    from ..mesh import of as dist_of
+    from ..runtime import lowlevel
 
-    dist = dist_of(_nodemod.get())
+    dist = dist_of(lowlevel.current_node())
     if dist is None:
         raise HermesError("this node is not distributed")
     return dist.local.address
+
+
+def node_flags(config: NodeConfig) -> list[str]:
+    """The ``python -m hermes node`` flags that give a node process ``config``'s
+    options (the cookie travels in the environment, never on a command line)."""
+    flags: list[str] = []
+    for name, value in config.non_defaults().items():
+        if name in ("cookie", "name", "cluster", "host", "port", "hidden", "listen"):
+            continue
+        if name == "tls":
+            flags += ["--tls-cert", value.certfile, "--tls-key", value.keyfile, "--tls-ca", value.cafile]
+        elif name == "peers":
+            flags += ["--peers", ",".join(f"{host}:{port}" for host, port in value)]
+        else:
+            flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags

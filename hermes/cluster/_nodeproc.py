@@ -13,10 +13,11 @@ import os
 import sys
 from typing import Any, Callable
 
-from .._app import run
-from ..runtime import _node as _nodemod
-from ..runtime._api import rpc
-from ..runtime._node import Node
+from .._app import run_async
+from .._config import NodeConfig
+from ..runtime import lowlevel
+from ..runtime import rpc, spawn
+from ..runtime.lowlevel import Node
 from . import _control
 
 log = logging.getLogger("hermes.cluster")
@@ -33,21 +34,18 @@ def load_app(spec: str) -> Callable[..., Any]:
     return target
 
 
-def run_node(name: str, *, host: str = "127.0.0.1", port: int = 0, cookie: str | None = None,
-             cluster: str | None = None, app: str | None = None, control_fd: int | None = None,
-             tick_interval: float = 1.0, lease_ttl: float = 3.0, peers: list[str] | None = None) -> None:
+def run_node(options: dict[str, Any], *, app: str | None = None, control_fd: int | None = None) -> None:
+    """Run one node with ``options`` (``NodeConfig``'s names) until stopped."""
+    config = NodeConfig.build(**options)
     main = load_app(app) if app else None
     ready = _attach_control(control_fd) if control_fd is not None else None
 
     async def first_actor() -> None:
         if main is not None:
-            from ..runtime import spawn
-
             spawn(main)
         await asyncio.Event().wait()  # run until stopped
 
-    run(first_actor, name=name, cookie=cookie, cluster=cluster, host=host, port=port, ready=ready,
-        tick_interval=tick_interval, lease_ttl=lease_ttl, peers=peers)
+    asyncio.run(run_async(first_actor, config=config, ready=ready))
 
 
 def _attach_control(control_fd: int) -> Callable[[Any], None]:
@@ -79,5 +77,5 @@ def _start_request(node: Node, fd: int, request_id: int, body: bytes) -> None:
             frame = _control.encode_answer(request_id, "error", exc)
         _control.write_frame(fd, frame)
 
-    if _nodemod._node is node:
+    if lowlevel.node_or_none() is node:
         node.loop.create_task(answer())

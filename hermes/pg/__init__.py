@@ -10,13 +10,15 @@ from typing import Any
 
 from .._errors import NotInActor
 from ..runtime import Pid, Ref
-from ..runtime._process import current
+from ..runtime.lowlevel import current
 from ._event import Event
-from ._scope import get_scope
+from ._scope import Wiring, current_scope, get_scope
 from ._start import start
 
 __all__ = ["Event", "demonitor", "get_local_members", "get_members", "join", "leave", "monitor",
-           "which_groups", "which_local_groups", "start"]
+           "which_groups", "which_local_groups", "start",
+           # for the layers above (pubsub, presence): the live replica and its wiring
+           "Wiring", "current_scope", "get_scope"]
 
 
 def _pids(pids: Pid | list[Pid] | None, what: str) -> list[Pid]:

@@ -21,11 +21,11 @@ import logging
 from typing import Any, Callable, Iterable
 
 from .._errors import HermesError
-from ..dist._manager import of as dist_of
+from ..mesh import of as dist_of
 from ..runtime import Actor, Pid, Ref, register, send
-from ..runtime import _node as _nodemod
-from ..runtime._node import Node
-from ..runtime._process import Process
+from ..runtime import lowlevel
+from ..runtime.lowlevel import Node
+from ..runtime.lowlevel import Process
 from ._event import Event
 
 log = logging.getLogger("hermes.pg")
@@ -63,7 +63,7 @@ class Scope(Actor):
 
     def __init__(self) -> None:
         register(NAME)
-        self.node: Node = _nodemod.get()
+        self.node: Node = lowlevel.current_node()
         restarted = "pg" in self.node.layers
         if not restarted:
             self.node.layers["pg"] = Wiring()
@@ -406,7 +406,7 @@ def _minus(a: Iterable[Pid], b: list[Pid]) -> list[Pid]:
 
 
 def get_scope() -> Scope:
-    scope = current_scope(_nodemod.get())
+    scope = current_scope(lowlevel.current_node())
     if scope is None:
         raise HermesError("pg is not running on this node (its scope is down or restarting)")
     return scope
@@ -425,7 +425,7 @@ def _exit_hook(proc: Process) -> None:
     scope = wiring.scope
     if scope is None:
         return
-    if scope._hermes_proc is proc:
+    if lowlevel.process_of_actor(scope) is proc:
         wiring.scope = None
         wiring.generation += 1
         return

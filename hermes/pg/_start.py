@@ -12,9 +12,10 @@ import logging
 from multiprocessing import AuthenticationError
 from typing import Any
 
+from .._config import NodeConfig, parse_address
 from .._errors import HermesError
-from ..dist._manager import of as dist_of
-from ..runtime._node import Node
+from ..mesh import of as dist_of
+from ..runtime.lowlevel import Node
 from ._client import ServiceClient
 from ._scope import Scope, Wiring, current_scope, get_scope
 from ._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process
@@ -27,10 +28,7 @@ RECONCILE_INTERVAL = 1.0  # seconds between checks of the mesh against the direc
 def parse_cluster(cluster: str) -> tuple[str, int]:
     if cluster == "local":
         return ("127.0.0.1", DEFAULT_PORT)
-    host, sep, port = cluster.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"cluster is 'local' or 'HOST:PORT', not {cluster!r}")
-    return (host, int(port))
+    return parse_address(cluster)
 
 
 class PgService:
@@ -53,11 +51,12 @@ def system_children() -> list[tuple[Any, ...]]:
     return [(Scope,)]
 
 
-async def start(node: Node, *, cluster: str | None = None, lease_ttl: float = 3.0, **_: Any) -> PgService:
+async def start(node: Node, config: NodeConfig) -> PgService:
     """Wire the scope (already started by the system supervisor) to the cluster.
 
     Every callback looks the scope up when it runs: a restarted scope is
     wired the same way without anything being re-registered."""
+    cluster, lease_ttl = config.cluster, config.lease_ttl
     scope = get_scope()
     wiring = scope.wiring
     dist = dist_of(node)

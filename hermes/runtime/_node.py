@@ -69,6 +69,7 @@ class Node:
         self.exit_hooks: list[Callable[[Process], None]] = []
         self.request_stop: Callable[[], None] = lambda: None  # set by run(): a clean shutdown
         self.layers: dict[str, Any] = {}  # per-node state of the layers above, by layer name
+        self.config: Any = None  # the NodeConfig it was started with (read by the layers, not here)
         self._pid_ids = itertools.count(1)
         self._ref_ids = itertools.count(1)
 

@@ -49,18 +49,26 @@ def default_cookie_path() -> Path:
     return Path.home() / ".hermes" / "cookie"
 
 
-def resolve_cookie(explicit: str | bytes | None = None, *, path: Path | str | None = None) -> ResolvedCookie:
+def resolve_cookie(explicit: str | bytes | None = None, *, path: Path | str | None = None,
+                   create: bool = True) -> ResolvedCookie:
     """Return the cookie: ``explicit``, else ``$HERMES_COOKIE``, else the cookie file.
 
     The file (default ``~/.hermes/cookie``) is created with a random value on
-    first use, in a directory of mode 0700, with mode 0600.
+    first use, in a directory of mode 0700, with mode 0600. With ``create=False``
+    (a start that will refuse a made-up cookie) nothing is written: the value
+    returned is then ``"generated"`` and used by no one.
     """
     if explicit is not None:
         return ResolvedCookie(_non_empty(_to_bytes(explicit), "explicit cookie"), "explicit")
     from_env = os.environ.get(ENV_VAR, "")
     if from_env:
         return ResolvedCookie(from_env.encode(), "env")
-    return _from_file(Path(path) if path is not None else default_cookie_path())
+    file = Path(path) if path is not None else default_cookie_path()
+    if not create:
+        existing = _read(file)
+        return ResolvedCookie(existing, "file") if existing is not None else \
+            ResolvedCookie(secrets.token_urlsafe(32).encode(), "generated")
+    return _from_file(file)
 
 
 def _from_file(path: Path) -> ResolvedCookie:

@@ -17,7 +17,7 @@ import asyncio
 from dataclasses import replace
 from typing import Callable, cast
 
-from hermes.dist._connection import DEFAULT_MAX_FRAME, Connection, ConnectionDelegate, PeerInfo, _check_options
+from hermes.transport._connection import DEFAULT_MAX_FRAME, Connection, ConnectionDelegate, PeerInfo, _check_options
 
 __all__ = ["open_connection", "start_listener"]
 

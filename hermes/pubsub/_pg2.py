@@ -25,13 +25,12 @@ import functools
 import logging
 from typing import Any, Callable
 
-from . import pg, registry
-from ._errors import HermesError, SerializationError
-from .dist._codec import dumps
-from .dist._manager import of as dist_of
-from .pg._scope import get_scope
-from .runtime import Actor, Pid, Supervisor, register, spawn
-from .runtime import _node as _nodemod
+from .. import pg, registry
+from .._errors import HermesError, SerializationError
+from ..mesh import of as dist_of
+from ..runtime import Actor, Pid, Supervisor, register, spawn
+from ..runtime import lowlevel
+from ..transport import dumps
 
 log = logging.getLogger("hermes.pubsub")
 
@@ -48,24 +47,24 @@ class PGServer(Actor):
         self.registry_name = registry_name
         # the subscriptions, read directly on every delivery; if that Registry
         # restarts, so does this PGServer (rest_for_one), and finds the new one
-        self.registry = registry._table(registry_name)
+        self.registry = registry.get_registry(registry_name)
         self.group = group_of(name)
-        self.node = _nodemod.get()
-        self.pg = get_scope().wiring  # not the scope itself: a restarted scope replaces it there
+        self.node = lowlevel.current_node()
+        self.pg = pg.get_scope().wiring  # not the scope itself: a restarted scope replaces it there
         self._remote: tuple[Any, ...] = ()  # see remote_connections
         self._generation = -1  # pg's generation ``_remote`` was derived at
         register(name)  # remote publishes are addressed (name, node): one frame fits every node
-        instances = _instances()
-        instances[name] = self
+        servers = instances()
+        servers[name] = self
         dist = dist_of(self.node)
         if dist is not None:  # our frame: one handler for the node's PGServers
-            dist.handlers["f"] = _forward_handler(instances)
+            dist.handlers["f"] = _forward_handler(servers)
         pg.join(self.group)
         # A restarted pg scope starts empty, as Erlang's does. The default
         # PGServer is restarted after it by the system supervisor; any other
         # would stay out of its group (no remote publish would reach this
         # node) unless it joins again.
-        self._rejoin = functools.partial(self.node.send, self._hermes_proc.pid, REJOIN)  # dead: dropped
+        self._rejoin = functools.partial(self.node.send, lowlevel.process_of_actor(self).pid, REJOIN)  # dead: dropped
         self.pg.after_restart[self.group] = self._rejoin
 
     def remote_connections(self) -> tuple[Any, ...]:
@@ -93,14 +92,14 @@ class PGServer(Actor):
             _, topic, message, exclude = msg
             _fan_out(self.registry, topic, message, exclude)
         elif msg == REJOIN:
-            if self._hermes_proc.pid not in pg.get_local_members(self.group):
+            if lowlevel.process_of_actor(self).pid not in pg.get_local_members(self.group):
                 pg.join(self.group)
         else:
             log.warning("PGServer %s ignored a message that is not a forward: %r", self.name, type(msg))
 
     def terminate(self, reason: Any) -> None:
-        if _instances().get(self.name) is self:
-            del _instances()[self.name]
+        if instances().get(self.name) is self:
+            del instances()[self.name]
         if self.pg.after_restart.get(self.group) is self._rejoin:
             del self.pg.after_restart[self.group]
 
@@ -122,7 +121,7 @@ def _forward_handler(instances: dict[str, PGServer]) -> Callable[[Any, Any, tupl
         server = instances.get(name)
         if server is None:
             return
-        proc = server._hermes_proc
+        proc = lowlevel.process_of_actor(server)
         if proc.scheduled or proc.mailbox:
             proc.deliver((FORWARD, topic, msg, exclude))
             return
@@ -140,18 +139,18 @@ def group_of(name: str) -> tuple[str, str]:
     return ("hermes", name)
 
 
-def _instances() -> dict[str, PGServer]:
+def instances() -> dict[str, PGServer]:
     """This node's PGServers by PubSub name (``node.layers["pubsub"]``)."""
-    return _nodemod.get().layers.setdefault("pubsub", {})
+    return lowlevel.current_node().layers.setdefault("pubsub", {})
 
 
 def _server(pubsub: str | None) -> PGServer:
     name = pubsub or DEFAULT
     try:
-        return _nodemod._node.layers["pubsub"][name]  # type: ignore[union-attr]  # None: AttributeError
+        return lowlevel.node_or_none().layers["pubsub"][name]  # type: ignore[union-attr]  # None: AttributeError
     except (AttributeError, KeyError):
-        if _nodemod._node is None:
-            _nodemod.get()  # raises NoNode
+        if lowlevel.node_or_none() is None:
+            lowlevel.current_node()  # raises NoNode
         raise HermesError(f"no PubSub named {name!r} runs on this node") from None
 
 
@@ -179,10 +178,10 @@ def start(name: str) -> Pid:
     duplicate Registry (``"<name>.registry"``) and its PGServer, so a crashed
     PGServer comes back and a crashed registry takes the PGServer with it. To
     put it under a supervisor of your own, use ``child_spec(name)`` instead."""
-    if name in _instances():
+    if name in instances():
         raise ValueError(f"a PubSub named {name!r} is already running on this node")
     pid = spawn(Supervisor, _children(name), "rest_for_one")
-    if name not in _instances():
+    if name not in instances():
         raise HermesError(f"PubSub {name!r} failed to start")
     return pid
 
@@ -226,7 +225,7 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
     ``exclude``: a pid to skip. ``node``: deliver only on that node (an unknown
     node: nothing). Local subscribers have the message when this returns."""
     try:  # the hot path, flat: each call saved is ~5% of a remote publish
-        server: PGServer = _nodemod._node.layers["pubsub"][pubsub or DEFAULT]  # type: ignore[union-attr]
+        server: PGServer = lowlevel.node_or_none().layers["pubsub"][pubsub or DEFAULT]  # type: ignore[union-attr]
     except (AttributeError, KeyError):
         server = _server(pubsub)  # raises the right error
     remote = server._remote if server._generation == server.pg.generation else server.remote_connections()

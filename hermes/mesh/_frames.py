@@ -30,15 +30,14 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._errors import RemoteError, SerializationError
-from ..runtime._actor import Call
-from ..runtime._api import rpc_body
-from ..runtime._pid import Pid, Ref
-from ._connection import Connection
+from ..runtime import Pid, Ref
+from ..runtime.lowlevel import Call, rpc_body
+from ..transport import Connection
 
 if TYPE_CHECKING:
     from ._manager import Distribution
 
-log = logging.getLogger("hermes.dist")
+log = logging.getLogger("hermes.mesh")
 
 def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node

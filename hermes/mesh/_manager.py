@@ -28,16 +28,14 @@ import logging
 import secrets
 from typing import Any, Callable, cast
 
+from .._config import NodeConfig, parse_address
 from .._errors import HermesError, RemoteError, SerializationError
-from ..runtime._messages import NodeDown, NodeUp
-from ..runtime._node import Node
-from ..runtime._pid import Pid, Ref
-from ._connection import Connection, PeerInfo, PeerRefusedError
-from ._endpoints import open_connection, start_listener
-from ._cookie import resolve_cookie
+from ..runtime import NodeDown, NodeUp, Pid, Ref
+from ..runtime.lowlevel import Node
+from ..transport import Connection, PeerInfo, PeerRefusedError, dumps, open_connection, resolve_cookie, start_listener
 from ._frames import HANDLERS, unsendable_reply
 
-log = logging.getLogger("hermes.dist")
+log = logging.getLogger("hermes.mesh")
 
 # Closes that say nothing about the peer's health: we hung up, or it told us it hangs up.
 DELIBERATE_CLOSES = ("disconnect", "disconnected by peer", "node stopping", "duplicate",
@@ -183,8 +181,6 @@ class Distribution:
 
     @staticmethod
     def _check_picklable(msg: Any) -> None:
-        from ._codec import dumps
-
         dumps(msg)
 
     # -- spawning on other nodes ---------------------------------------------
@@ -382,36 +378,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def start(node: Node, *, cookie: str | bytes | None, host: str = "127.0.0.1", port: int = 0,
-                hidden: bool = False, tick_interval: float = 1.0, max_frame: int = 64 * 2**20,
-                listen: bool = True, peers: list[str | tuple[str, int]] | None = None,
-                **_: Any) -> Distribution:
+async def start(node: Node, config: NodeConfig) -> Distribution:
     """Start distribution for ``node``: resolve the cookie and listen on ``host:port``.
 
-    ``peers``: the static discovery strategy, addresses ``"HOST:PORT"`` (or
-    tuples) that this node connects to and keeps reconnecting to."""
-    resolved = resolve_cookie(cookie)
+    ``config.peers``: the static discovery strategy, addresses that this node
+    connects to and keeps reconnecting to."""
+    host, port, hidden, listen, peers = config.host, config.port, config.hidden, config.listen, config.peers
+    if listen and not is_loopback(host):
+        resolved = resolve_cookie(config.cookie, create=False)
+    else:
+        resolved = resolve_cookie(config.cookie)
     if listen and not is_loopback(host) and resolved.source == "generated":
         raise HermesError(f"refusing to listen on {host} with a cookie made up just now: other machines "
                           "cannot know it. Pass cookie=, set HERMES_COOKIE or write ~/.hermes/cookie.")
-    dist = Distribution(node, resolved.value, hidden=hidden, tick_interval=tick_interval, max_frame=max_frame)
+    dist = Distribution(node, resolved.value, hidden=hidden, tick_interval=config.tick_interval,
+                        max_frame=config.max_frame, connect_timeout=config.connect_timeout)
     node.dist = dist
     if listen:
         await dist.listen(host, port)
     else:
         dist.local = PeerInfo(node.name, node.creation, (host, 0), hidden)
     if peers:
-        dist.keep_connected([parse_address(p) for p in peers])
+        dist.keep_connected(list(peers))
     return dist
-
-
-def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
-    if isinstance(address, tuple):
-        return (address[0], int(address[1]))
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"a peer address is HOST:PORT, not {address!r}")
-    return (host, int(port))
 
 
 __all__ = ["Distribution", "start"]

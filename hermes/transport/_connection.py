@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hermes._errors import HandshakeError, SerializationError
-from hermes.dist._codec import dumps, loads
-from hermes.dist._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
+from hermes.transport._codec import dumps, loads
+from hermes.transport._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "TICK_MISSES", "Connection", "ConnectionDelegate", "ConnectionStatistics",
