@@ -109,6 +109,48 @@ class Distribution:
         """Per peer: its connection's counters (frames, bytes, writes, queued...)."""
         return {name: conn.statistics() for name, conn in self.conns.items()}
 
+    # -- the seams for the layers above (pg, pubsub, presence) ---------------
+
+    def register_frame(self, tag: str, handler: Callable[[Distribution, Connection, tuple[Any, ...]], None]) -> None:
+        """Handle arriving frames ``(tag, ...)`` with ``handler(dist, conn, frame)``.
+        A layer's tags must not clash with the runtime's (``_frames.HANDLERS``)."""
+        if tag in HANDLERS:
+            raise ValueError(f"frame tag {tag!r} belongs to the runtime")
+        self.handlers[tag] = handler
+
+    def on_node_up(self, listener: Callable[[str, PeerInfo], None]) -> None:
+        """``listener(name, peer)`` once a connection to a node is established."""
+        self.up_listeners.append(listener)
+
+    def on_node_down(self, listener: Callable[[str, int, bool], None]) -> None:
+        """``listener(name, creation, lost)`` once that connection is gone (after the
+        runtime failed links, monitors and calls). ``lost``: the peer vanished, as
+        opposed to a deliberate close by either side."""
+        self.down_listeners.append(listener)
+
+    def send_frame(self, node: str, frame: tuple[Any, ...]) -> bool:
+        """One frame to ``node``; ``False`` if it is not connected."""
+        conn = self.conns.get(node)
+        if conn is None:
+            return False
+        conn.send(frame)
+        return True
+
+    def multicast(self, nodes: Any, frame: tuple[Any, ...] | bytes) -> int:
+        """The same frame to each of ``nodes`` (names; unconnected ones skipped),
+        pickled once: a publish to 200 subscribers on 3 nodes writes 3 frames.
+        ``frame`` may already be pickled (``transport.dumps``). Returns how many
+        nodes it was written to. ``SerializationError`` before anything is sent."""
+        payload = frame if type(frame) is bytes else dumps(frame)
+        conns = self.conns
+        sent = 0
+        for name in nodes:
+            conn = conns.get(name)
+            if conn is not None:
+                conn.send_payload(payload)
+                sent += 1
+        return sent
+
     # -- the runtime's interface ---------------------------------------------
 
     def nodes(self) -> list[str]:
