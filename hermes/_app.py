@@ -113,7 +113,7 @@ async def _start_layers(node: Node, services: list[Any], config: NodeConfig) -> 
     joins again; then pg's link to the cluster (the service client)."""
     from . import pubsub, registry
     from . import mesh as dist_layer
-    from .pg import _start as pg_layer
+    from . import pg as pg_layer
     from .runtime import Supervisor
 
     services.append(await dist_layer.start(node, config))

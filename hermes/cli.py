@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("--cookie", default=None, help="cluster cookie (default: HERMES_COOKIE, else ~/.hermes/cookie)")
     service.add_argument("--lease-ttl", type=float, default=3.0,
                          help="seconds a silent node keeps its registration (default: %(default)s)")
+    service.add_argument("--idle-exit", type=float, default=None,
+                         help="exit once no node has used the service for this many seconds (default: never)")
+    service.add_argument("--log-size", type=int, default=None, help=argparse.SUPPRESS)
 
     node = sub.add_parser("node", help="run a node in the foreground until SIGTERM/SIGINT")
     _node_options(node, name_required=True)
@@ -99,9 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         if not is_loopback(args.host) and cookie.source == "generated":
             raise SystemExit("refusing to serve on a non-loopback interface with a cookie made up just now: "
                              "pass --cookie, set HERMES_COOKIE or write ~/.hermes/cookie")
-        serve(args.host, args.port, cookie=cookie.value, lease_ttl=args.lease_ttl)
+        extra = {"log_size": args.log_size} if args.log_size is not None else {}
+        serve(args.host, args.port, cookie=cookie.value, lease_ttl=args.lease_ttl, idle_exit=args.idle_exit, **extra)
     elif args.command == "node":
-        from .cluster._nodeproc import run_node
+        from .cluster import run_node
 
         run_node(node_options(args), app=args.app, control_fd=args.control_fd)
     else:

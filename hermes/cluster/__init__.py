@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 from ._local import LocalCluster
+from ._nodeproc import run_node
 
-__all__ = ["LocalCluster"]
+__all__ = ["LocalCluster", "run_node"]

@@ -13,12 +13,12 @@ from ..runtime import Pid, Ref
 from ..runtime.lowlevel import current
 from ._event import Event
 from ._scope import Wiring, current_scope, get_scope
-from ._start import start
+from ._start import start, system_children
 
 __all__ = ["Event", "demonitor", "get_local_members", "get_members", "join", "leave", "monitor",
            "which_groups", "which_local_groups", "start",
            # for the layers above (pubsub, presence): the live replica and its wiring
-           "Wiring", "current_scope", "get_scope"]
+           "Wiring", "current_scope", "get_scope", "system_children"]
 
 
 def _pids(pids: Pid | list[Pid] | None, what: str) -> list[Pid]:

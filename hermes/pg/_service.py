@@ -18,7 +18,6 @@ does inside its methods. Anyone holding the cookie is trusted: requests are pick
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import ctypes.util
@@ -32,7 +31,7 @@ import threading
 import time
 from multiprocessing import connection, managers
 from pathlib import Path
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, cast
 
 from hermes._errors import HermesError
 from hermes.pg._directory import DEFAULT_LOG_SIZE, Directory
@@ -156,9 +155,8 @@ def start_service_process(
         raise ValueError("choose a port (see free_port()); port 0 cannot be told to nodes")
     if ping_service((host, port), cookie):
         raise HermesError(f"a pg service already answers at {host}:{port}")
-    # Not `-m hermes.pg._service`: hermes.pg imports this module, so runpy would run a second copy
-    # of it as __main__ (and warn about it on stderr).
-    args = [sys.executable, "-c", "from hermes.pg._service import main; main()", "--host", host, "--port", str(port),
+    # the one command line of the service: `python -m hermes service` (the cookie in the environment)
+    args = [sys.executable, "-m", "hermes", "service", "--host", host, "--port", str(port),
             "--lease-ttl", str(lease_ttl), "--log-size", str(log_size)]
     if idle_exit is not None:
         args += ["--idle-exit", str(idle_exit)]
@@ -207,23 +205,3 @@ def _die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return preexec
-
-
-def main(argv: Iterable[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hermes.pg._service", description="Run a Hermes pg service.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--lease-ttl", type=float, default=3.0)
-    parser.add_argument("--idle-exit", type=float, default=None)
-    parser.add_argument("--log-size", type=int, default=DEFAULT_LOG_SIZE)
-    options = parser.parse_args(None if argv is None else list(argv))
-    cookie = os.environb.get(b"HERMES_COOKIE")
-    if not cookie:
-        parser.error("set the cluster cookie in the HERMES_COOKIE environment variable")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    serve(options.host, options.port, cookie=cookie, lease_ttl=options.lease_ttl,
-          idle_exit=options.idle_exit, log_size=options.log_size)
-
-
-if __name__ == "__main__":
-    main()

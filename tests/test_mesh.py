@@ -1,0 +1,169 @@
+"""The mesh: connecting, mesh completion from one seed, simultaneous connects,
+one connection per pair, disconnect and node monitoring, between real node processes.
+
+Fixtures and the actors shipped to the nodes live in ``_mesh_support``.
+"""
+
+import asyncio
+import operator
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import hermes
+from hermes._app import full_name
+from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
+from hermes.runtime import _node as _nodemod
+
+from _cluster import poll
+from conftest import nodes_can_import_tests, wait_until
+
+HERE = str(Path(__file__).resolve().parent)
+HEADER = struct.Struct(">I")
+
+from _mesh_support import (node_path, _processes, _stop_and_check, cluster, make_cluster, _signal, HERE_NAME, run_here, on, _dist, learn, own_address, learn_and_connect, connection_ends, relay, sleeper, exits_with, expect, is_tagged, Counter, Watcher, linked_to_remote, blocked_caller, blocked_caller_by_name, watcher_events, start_watcher, HERE, HEADER, _lacks, Unpicklable)  # noqa: F401
+
+
+# -- mesh ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_every_node_sees_every_other(cluster):
+    for name in cluster.nodes:
+        others = sorted(set(cluster.nodes) - {name})
+        assert cluster.rpc(name, hermes.node) == name
+        poll(lambda: sorted(cluster.rpc(name, hermes.nodes)) == others)
+
+
+@pytest.mark.timeout(60)
+def test_a_node_started_later_joins_the_full_mesh(make_cluster):
+    c = make_cluster(["x", "y"])
+    c.start("z")
+    assert len(c.nodes) == 3
+    for name in c.nodes:
+        others = sorted(set(c.nodes) - {name})
+        poll(lambda: sorted(c.rpc(name, hermes.nodes)) == others)
+    # and messages flow over every new connection
+    for source in c.nodes:
+        for target in c.nodes:
+            assert c.rpc(source, hermes.rpc, target, hermes.node) == target
+
+
+@pytest.mark.timeout(60)
+def test_connecting_to_one_seed_connects_to_the_whole_mesh(cluster):
+    seed = cluster.nodes[0]
+    seed_address = cluster.address(seed)
+
+    async def main():
+        assert hermes.nodes() == []
+        learn(seed, seed_address)  # the only address this node is told
+        assert await hermes.connect(seed) is True
+        await wait_until(lambda: sorted(hermes.nodes()) == sorted(cluster.nodes), timeout=10)
+        me = hermes.node()
+        for name in cluster.nodes:
+            assert me in await on(cluster, name, hermes.nodes)
+            assert await hermes.rpc(name, hermes.node) == name  # each link carries traffic
+        return True
+
+    assert run_here(cluster, main) is True
+
+
+def _established_to(ports: set[int]) -> int:
+    """TCP connections on this machine whose remote end is one of ``ports`` (client ends only)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[2].split(":")[1], 16) in ports:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
+@pytest.mark.timeout(60)
+def test_simultaneous_connect_ends_with_one_connection(make_cluster):
+    c = make_cluster(["solo"])  # alone: no mesh around it to reconnect behind the test's back
+    (peer,) = c.nodes
+    peer_address = c.address(peer)
+
+    async def main():
+        me, mine = hermes.node(), own_address()
+        ports = {mine[1], peer_address[1]}
+        learn(peer, peer_address)
+        outcomes = []
+        for _ in range(10):
+            ours, theirs = await asyncio.gather(hermes.connect(peer), on(c, peer, learn_and_connect, me, mine))
+            await wait_until(lambda: _established_to(ports) == 1)  # the loser's socket is gone
+            here = connection_ends(peer)
+            there = await on(c, peer, connection_ends, me)
+            outcomes.append((ours, theirs, here, there))
+            assert hermes.disconnect(peer) is True  # start the next round unconnected
+            await wait_until(lambda: on(c, peer, _lacks, me))
+            await wait_until(lambda: _established_to(ports) == 0)
+        return outcomes
+
+    for ours, theirs, here, there in run_here(c, main):
+        assert ours is True and theirs is True
+        assert here is not None and there is not None
+        assert here == (there[1], there[0])  # both ends of the same socket
+
+
+@pytest.mark.timeout(60)
+def test_disconnect_nodes_and_monitor_node(cluster):
+    seed = cluster.nodes[0]
+    seed_address = cluster.address(seed)
+
+    async def main():
+        me = hermes.node()
+        hermes.monitor_node("nobody@nowhere")  # not connected: NodeDown at once, as in Erlang
+        assert await expect(lambda m: m == hermes.NodeDown("nobody@nowhere"), timeout=1) is not None
+        learn(seed, seed_address)
+        assert await hermes.connect(seed) is True
+        await wait_until(lambda: len(hermes.nodes()) == len(cluster.nodes), timeout=10)
+        hermes.monitor_node(seed)
+        assert hermes.disconnect(seed) is True
+        down = await expect(lambda m: isinstance(m, hermes.NodeDown), timeout=5)
+        after = sorted(hermes.nodes())
+        again = hermes.disconnect(seed)
+        await wait_until(lambda: on(cluster, seed, _lacks, me), timeout=5)
+        reconnected = await hermes.connect(seed)
+        return down, after, again, reconnected, sorted(hermes.nodes())
+
+    down, after, again, reconnected, final = run_here(cluster, main)
+    assert down == hermes.NodeDown(seed)
+    assert after == sorted(set(cluster.nodes) - {seed})
+    assert again is False
+    assert reconnected is True and final == sorted(cluster.nodes)
+
+
+@pytest.mark.timeout(30)
+def test_wrong_cookie_is_refused_both_ways(cluster):
+    target = cluster.nodes[0]
+    target_address = cluster.address(target)
+    before = cluster.output(target).count("handshake with")
+
+    async def main():
+        me, mine = hermes.node(), own_address()
+        learn(target, target_address)
+        ours = await hermes.connect(target)
+        theirs = await on(cluster, target, learn_and_connect, me, mine)
+        return ours, theirs, hermes.nodes(), await on(cluster, target, hermes.nodes)
+
+    ours, theirs, here, there = run_here(cluster, main, cookie="not-the-cluster-cookie")
+    assert (ours, theirs) == (False, False)
+    assert here == [] and full_name(HERE_NAME) not in there
+    # the refusal is logged by the node, with the peer's address
+    poll(lambda: cluster.output(target).count("handshake with") > before)
+    assert "handshake with 127.0.0.1:" in cluster.output(target)
+
+
