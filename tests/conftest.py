@@ -53,7 +53,7 @@ def run_node(main: Callable[..., Any], *args: Any, name: str = NODE_NAME) -> Any
     return hermes.run(main, *args, name=name)
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.002) -> Any:
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.002) -> Any:
     """Poll ``predicate`` (sync or async) until it returns a truthy value, which is returned.
 
     Raises ``AssertionError`` if the deadline passes first.

@@ -15,6 +15,8 @@ from hermes.transport._connection import Connection, PeerInfo
 from hermes.transport._endpoints import open_connection, start_listener
 from hermes.transport._handshake import FRAME_HEADER, Handshake, State
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.timeout(30)
 
 COOKIE = b"connection-test-cookie"
@@ -42,13 +44,6 @@ class Recorder:
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         self.closed.append((conn, reason))
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
 
 
 Test = Callable[[Connection, Recorder, Connection, Recorder], Awaitable[None]]

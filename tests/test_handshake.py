@@ -23,6 +23,8 @@ from hermes.transport._handshake import (
     FRAME_HEADER, MAGIC, Handshake, HandshakeRefused, State, connector_proof, encode_message,
 )
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.timeout(30)
 
 COOKIE = b"secret-cookie"
@@ -175,13 +177,6 @@ class Recorder:
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         self.closed.append((conn, reason))
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
 
 
 def with_listener(test: Callable[[Recorder, int], Awaitable[None]], **options: Any) -> None:

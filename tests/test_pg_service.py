@@ -26,18 +26,9 @@ from hermes.pg._service import (
     DirectoryManager, ServiceConnection, ServiceUnavailable, free_port, ping_service, start_service_process,
 )
 
+from _cluster import poll
+
 HOST = "127.0.0.1"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.002) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def stays(predicate: Callable[[], Any], window: float) -> bool:
@@ -214,18 +205,18 @@ def test_join_leave_with_duplicates_reach_another_client_within_milliseconds(har
     address = harness.service()
     a, _ = harness.client(address, "a@h")
     _, seen_by_b = harness.client(address, "b@h")
-    wait_until(lambda: seen_by_b.up and "a@h" in seen_by_b.nodes)
+    poll(lambda: seen_by_b.up and "a@h" in seen_by_b.nodes)
     p1, p2 = ("a@h", 1, 1), ("a@h", 1, 2)
 
     started = time.monotonic()
     a.push([("join", "g", [p1, p1, p2])])
-    wait_until(lambda: seen_by_b.members("g") == [p1, p1, p2])
+    poll(lambda: seen_by_b.members("g") == [p1, p1, p2])
     assert time.monotonic() - started < 0.25
 
     a.push([("leave", "g", [p1]), ("leave", "g", [("not", "a", "member")])])
-    wait_until(lambda: seen_by_b.members("g") == [p1, p2])
+    poll(lambda: seen_by_b.members("g") == [p1, p2])
     a.push([("leave", "g", [p1, p2]), ("join", "h", [p2])])
-    wait_until(lambda: seen_by_b.members("g") == [] and seen_by_b.members("h") == [p2])
+    poll(lambda: seen_by_b.members("g") == [] and seen_by_b.members("h") == [p2])
     assert snapshot_state(harness.connect(address))[1] == {("a@h", 1): {"h": [p2]}}
     assert a.nodes().keys() == {"a@h", "b@h"}
     assert a.statistics()["connected"] is True
@@ -271,7 +262,7 @@ def test_wrong_cookie_is_refused_and_changes_nothing(harness: Harness) -> None:
                              local_memberships=lambda: {"g": ["x"]}, call_timeout=1.0)
     harness.closers.append(intruder.close)
     intruder.start()
-    wait_until(lambda: intruder.statistics()["failures"] >= 2)
+    poll(lambda: intruder.statistics()["failures"] >= 2)
     assert not intruder.connected
     assert "AuthenticationError" in intruder.statistics()["last_error"]
     assert conn.call("snapshot") == before
@@ -302,9 +293,9 @@ def test_lease_expiry_removes_a_silent_node(harness: Harness) -> None:
     conn.call("register_node", "ghost@h", 1, (HOST, 1))
     conn.call("update", "ghost@h", 1, [("join", "g", ["boo"])])
     live, seen = harness.client(address, "live@h", memberships={"g": ["alive"]})
-    wait_until(lambda: seen.members("g") == ["alive", "boo"])
+    poll(lambda: seen.members("g") == ["alive", "boo"])
 
-    wait_until(lambda: ("node_down", "ghost@h", 1) in seen.events, timeout=3.0)
+    poll(lambda: ("node_down", "ghost@h", 1) in seen.events, timeout=3.0)
     assert seen.members("g") == ["alive"]
     assert conn.call("heartbeat", "ghost@h", 1) is False
     assert stays(lambda: "live@h" in conn.call("nodes") and live.connected, window=1.0)
@@ -315,7 +306,7 @@ def test_newer_creation_replaces_the_stale_incarnation(harness: Harness) -> None
     address = harness.service()
     conn = harness.connect(address)
     _, seen = harness.client(address, "observer@h")
-    wait_until(lambda: "observer@h" in seen.nodes)
+    poll(lambda: "observer@h" in seen.nodes)
     conn.call("register_node", "n@h", 1, (HOST, 1))
     conn.call("update", "n@h", 1, [("join", "g", ["old"])])
     conn.call("register_node", "n@h", 2, (HOST, 2))
@@ -323,7 +314,7 @@ def test_newer_creation_replaces_the_stale_incarnation(harness: Harness) -> None
     assert nodes["n@h"] == (2, (HOST, 2))
     assert ("n@h", 1) not in buckets
     assert conn.call("heartbeat", "n@h", 1) is False and conn.call("heartbeat", "n@h", 2) is True
-    wait_until(lambda: seen.nodes.get("n@h") == (2, (HOST, 2)))
+    poll(lambda: seen.nodes.get("n@h") == (2, (HOST, 2)))
     tail = [e[:3] for e in seen.events if e[1] == "n@h"]
     assert tail == [("node_up", "n@h", 1), ("join", "n@h", 1), ("node_down", "n@h", 1), ("node_up", "n@h", 2)]
     assert seen.members("g") == []
@@ -347,13 +338,13 @@ def test_report_down_removes_a_node_that_then_comes_back(harness: Harness) -> No
     address = harness.service(lease_ttl=0.6)
     _, seen = harness.client(address, "a@h", memberships={"g": ["a1", "a1"]})
     b, _ = harness.client(address, "b@h")
-    wait_until(lambda: b.connected and seen.members("g") == ["a1", "a1"] and "b@h" in seen.nodes)
+    poll(lambda: b.connected and seen.members("g") == ["a1", "a1"] and "b@h" in seen.nodes)
     b.report_down("a@h", 1)
-    wait_until(lambda: ("node_down", "a@h", 1) in seen.events)
+    poll(lambda: ("node_down", "a@h", 1) in seen.events)
     # a is alive: its next heartbeat is refused, it registers again and re-sends its bucket
     down_at = seen.events.index(("node_down", "a@h", 1))
-    wait_until(lambda: ("node_up", "a@h", 1, (HOST, 9001)) in seen.events[down_at:], timeout=3.0)
-    wait_until(lambda: seen.members("g") == ["a1", "a1"])
+    poll(lambda: ("node_up", "a@h", 1, (HOST, 9001)) in seen.events[down_at:], timeout=3.0)
+    poll(lambda: seen.members("g") == ["a1", "a1"])
     assert snapshot_state(harness.connect(address))[1] == {("a@h", 1): {"g": ["a1", "a1"]}}
 
 
@@ -367,15 +358,15 @@ def test_service_killed_and_restarted_loses_no_membership(harness: Harness) -> N
     b, seen = harness.client(address, "b@h", memberships={"g": ["b1"]})
     a.push([("join", "g", ["a2", "a2"])])
     full = {("a@h", 1): {"g": ["a1", "a2", "a2"], "h": ["a1", "a2"]}, ("b@h", 1): {"g": ["b1"]}}
-    wait_until(lambda: seen.state()[1] == full)
+    poll(lambda: seen.state()[1] == full)
 
     harness.proc.kill()
-    wait_until(lambda: not a.connected and not b.connected and not seen.up)
+    poll(lambda: not a.connected and not b.connected and not seen.up)
     a.push([("leave", "h", ["a2"])])          # changes while the service is down are not lost either
     full[("a@h", 1)]["h"] = ["a1"]
     harness.service(port=address[1])
-    wait_until(lambda: a.connected and b.connected, timeout=10.0)
-    wait_until(lambda: seen.state()[1] == full)
+    poll(lambda: a.connected and b.connected, timeout=10.0)
+    poll(lambda: seen.state()[1] == full)
     assert snapshot_state(harness.connect(address))[1] == full
     assert seen.kinds.count("service_up") == 2 and seen.kinds.count("service_down") == 1
     after_restart = seen.kinds[seen.kinds.index("service_down"):]
@@ -386,9 +377,9 @@ def test_service_killed_and_restarted_loses_no_membership(harness: Harness) -> N
 def test_a_stopped_service_cannot_wedge_a_client(harness: Harness) -> None:
     address = harness.service()
     client, seen = harness.client(address, "a@h", poll_timeout=0.3, call_timeout=0.5)
-    wait_until(lambda: client.connected)
+    poll(lambda: client.connected)
     os.kill(harness.proc.pid, signal.SIGSTOP)
-    wait_until(lambda: not client.connected, timeout=5.0)
+    poll(lambda: not client.connected, timeout=5.0)
     assert seen.kinds[-1] == "service_down"
     started = time.monotonic()
     client.close()
@@ -399,10 +390,10 @@ def test_a_stopped_service_cannot_wedge_a_client(harness: Harness) -> None:
 def test_idle_exit_waits_for_the_last_node(harness: Harness) -> None:
     address = harness.service(lease_ttl=0.6, idle_exit=0.5)
     client, _ = harness.client(address, "a@h")
-    wait_until(lambda: client.connected)
+    poll(lambda: client.connected)
     assert stays(lambda: harness.proc.poll() is None, window=1.5)
     client.close()
-    assert wait_until(lambda: harness.proc.poll() is not None, timeout=5.0)
+    assert poll(lambda: harness.proc.poll() is not None, timeout=5.0)
     assert harness.proc.returncode == 0
     assert ping_service(address, harness.cookie) is False
 
@@ -422,8 +413,8 @@ def test_service_dies_with_its_parent(harness: Harness) -> None:
         service_pid = int(parent.stdout.readline())   # type: ignore[union-attr]
         assert ping_service((HOST, port), harness.cookie)
         parent.kill()
-        wait_until(lambda: not ping_service((HOST, port), harness.cookie, timeout=0.2), timeout=5.0)
-        wait_until(lambda: _gone(service_pid), timeout=5.0)
+        poll(lambda: not ping_service((HOST, port), harness.cookie, timeout=0.2), timeout=5.0)
+        poll(lambda: _gone(service_pid), timeout=5.0)
     finally:
         parent.kill()
         parent.wait(5)
@@ -476,7 +467,7 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
     address = harness.service()
     names = [f"n{i:02}@h" for i in range(50)]
     clients = {name: harness.client(address, name, keep_events=False) for name in names}
-    wait_until(lambda: all(c.connected and len(c.nodes()) == 50 for c, _ in clients.values()), timeout=15.0)
+    poll(lambda: all(c.connected and len(c.nodes()) == 50 for c, _ in clients.values()), timeout=15.0)
     epoch = harness.connect(address).call("ping")
 
     reference = harness.connect(address)
@@ -517,9 +508,9 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
         worker.join(30)
     expected = {(name, 1): {f"group-{g}": [(name, 1, 0)] for g in range(1, 1000, 2)} for name in names}
     checker = harness.connect(address)
-    wait_until(lambda: snapshot_state(checker)[1] == expected, timeout=5.0)
+    poll(lambda: snapshot_state(checker)[1] == expected, timeout=5.0)
     final_version = checker.call("snapshot")[2]
-    wait_until(lambda: all(c.statistics()["version"] >= final_version for c, _ in clients.values()), timeout=5.0)
+    poll(lambda: all(c.statistics()["version"] >= final_version for c, _ in clients.values()), timeout=5.0)
     done.set()
     watcher.join(5)
     elapsed = time.monotonic() - started
