@@ -60,9 +60,9 @@ async def start(node: Node, config: NodeConfig) -> PgService:
     scope = get_scope()
     wiring = scope.wiring
     dist = dist_of(node)
-    if dist is not None:
-        dist.up_listeners.append(lambda name, peer: _on_scope(node, "visibility_changed", name, {}))
-        dist.down_listeners.append(lambda name, creation, lost: _node_lost(node, name, creation))
+    if dist is not None:  # pg's one clause for a node's arrival and one for its loss, as pg.erl's
+        dist.on_node_up(lambda name, peer: _on_scope(node, "visibility_changed", name, {}))
+        dist.on_node_down(lambda name, creation, lost: _node_down(node, wiring, name, creation, lost))
     if cluster is None and dist is not None and not dist.hidden:
         _membership_over_mesh(node, wiring, dist)  # static peers, or connect() by address
     if cluster is None or dist is None:
@@ -82,11 +82,6 @@ async def start(node: Node, config: NodeConfig) -> PgService:
     wiring.client = client
     wiring.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))
-    def report_lost(name: str, creation: int, lost: bool) -> None:
-        if lost:  # the peer vanished; deliberate closes say nothing about its health
-            client.report_down(name, creation)
-
-    dist.down_listeners.append(report_lost)
     client.start()
     service = PgService(node, client)
     service.reconciler = loop.create_task(_reconcile(dist, client, RECONCILE_INTERVAL))
@@ -108,7 +103,7 @@ def _membership_over_mesh(node: Node, wiring: Wiring, dist: Any) -> None:
     """Without a service, nodes tell each other their memberships directly: the
     whole local membership on each new connection, then every change."""
     wiring.over_mesh = True
-    dist.up_listeners.append(lambda name, peer: _on_scope(node, "mesh_connected", dist.conns[name]))
+    dist.on_node_up(lambda name, peer: _on_scope(node, "mesh_connected", dist.conns[name]))
     for tag, method in (("pg_sync", "mesh_sync"), ("pg_delta", "mesh_delta"), ("pg_hello", "mesh_hello")):
         dist.handlers[tag] = lambda _dist, conn, frame, method=method: _on_scope(node, method, conn, frame)
 
@@ -121,7 +116,12 @@ def _on_scope(node: Node, method: str, *args: Any) -> None:
         getattr(scope, method)(*args)
 
 
-def _node_lost(node: Node, name: str, creation: int) -> None:
+def _node_down(node: Node, wiring: Wiring, name: str, creation: int, lost: bool) -> None:
+    """A connection is gone: its members leave this replica; if the peer vanished
+    (not a deliberate close by either side), the service hears of it at once
+    instead of waiting for its lease."""
+    if lost and wiring.client is not None:
+        wiring.client.report_down(name, creation)
     scope = current_scope(node)
     if scope is None:
         return
