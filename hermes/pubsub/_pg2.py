@@ -225,7 +225,7 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
     ``exclude``: a pid to skip. ``node``: deliver only on that node (an unknown
     node: nothing). Local subscribers have the message when this returns."""
     try:  # the hot path, flat: each call saved is ~5% of a remote publish
-        server: PGServer = lowlevel.node_or_none().layers["pubsub"][pubsub or DEFAULT]  # type: ignore[union-attr]
+        server: PGServer = lowlevel.running.node.layers["pubsub"][pubsub or DEFAULT]  # type: ignore[union-attr]
     except (AttributeError, KeyError):
         server = _server(pubsub)  # raises the right error
     remote = server._remote if server._generation == server.pg.generation else server.remote_connections()

@@ -400,6 +400,19 @@ def _unlink_then_exit(proc: Process, sender: Pid, reason: Any) -> None:
 _node: Node | None = None
 
 
+class _Running:
+    """The node of this process as an attribute of one object: what hot paths of
+    the layers above read (``lowlevel.running.node``, two attribute loads, no call)."""
+
+    __slots__ = ("node",)
+
+    def __init__(self) -> None:
+        self.node: Node | None = None
+
+
+running = _Running()
+
+
 def get() -> Node:
     node = _node
     if node is None:
@@ -409,7 +422,7 @@ def get() -> Node:
 
 def set_node(node: Node | None) -> None:
     global _node
-    _node = node
+    _node = running.node = node
 
 
 def default_host() -> str:

@@ -8,7 +8,8 @@ a private attribute of a runtime object (a test walks the imports).
 What is here, by use:
 
 - the node of this process: ``current_node()`` (raises ``NoNode``),
-  ``node_or_none()``, ``set_current_node()``; the ``Node`` and ``Process``
+  ``node_or_none()``, ``set_current_node()``; ``running.node`` for hot paths
+  (an attribute, not a call: ~40 ns less per publish); the ``Node`` and ``Process``
   types, whose public attributes (``procs``, ``names``, ``loop``, ``layers``,
   ``route_*``) are the runtime's routing table;
 - the calling actor: ``current_process()`` (``None`` outside an actor);
@@ -29,7 +30,7 @@ from .._errors import NoNode
 from . import _node
 from ._actor import Actor, Call, Cast
 from ._api import rpc_body
-from ._node import Distribution, Node, default_host
+from ._node import Distribution, Node, default_host, running
 from ._process import ActorProcess, Process, TaskProcess, current
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ __all__ = [
     "Actor", "ActorProcess", "Call", "Cast", "Distribution", "Node", "Process", "TaskProcess",
     "add_exit_hook", "current", "current_node", "current_process", "default_host", "deliver", "deliver_now",
     "layer_state", "node_or_none", "process_of", "process_of_actor", "remove_exit_hook", "rpc_body",
-    "set_current_node",
+    "running", "set_current_node",
 ]
 
 
