@@ -416,3 +416,69 @@ def test_a_sigkilled_node_leaves_once_per_entry_and_its_restart_resurrects_nothi
             assert c.rpc(node, wait_equal, again, 30.0, timeout=40) is not None
         for node in ("a", "c"):
             assert checks_hold(c, node, f"kill-log-{node}")
+
+
+async def restart_presence() -> tuple[hermes.Pid, hermes.Pid]:
+    """Kill this node's presence actor; the system supervisor starts a new one (old, new)."""
+    old = hermes.whereis(presence.NAME)
+    ref = hermes.monitor(old)
+    hermes.exit(old, "kill")
+    await hermes.receive(match=lambda m: isinstance(m, hermes.Down) and m.ref == ref, timeout=5)
+    deadline = time.monotonic() + 10
+    while hermes.whereis(presence.NAME) in (None, old) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    return old, hermes.whereis(presence.NAME)
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_presence_actor_starts_empty_and_fetches_the_others(cluster):
+    c = cluster
+    topic = "restart"
+    for node in NODES:
+        c.rpc(node, start_log, f"restart-log-{node}", [topic])
+    holders = {node: c.rpc(node, spawn_holders, 3) for node in NODES}
+    for node in NODES:
+        c.rpc(node, track_all, [(pid, topic, f"{node}:{i}", i) for i, pid in enumerate(holders[node])])
+    full = {topic: {f"{node}:{i}": [i] for node in NODES for i in range(3)}}
+    for node in NODES:
+        assert c.rpc(node, wait_equal, full, 30.0, timeout=40) is not None
+    old, new = c.rpc("c", restart_presence)
+    assert new is not None and new != old
+    without_c = {topic: {k: v for k, v in full[topic].items() if not k.startswith("c:")}}
+    for node in NODES:  # c's entries died with its replica, everywhere; c fetched the others again
+        assert c.rpc(node, wait_equal, without_c, 30.0, timeout=40) is not None
+        poll(lambda: checks_hold(c, node, f"restart-log-{node}"), timeout=20)
+    fresh = c.rpc("c", spawn_holders, 1)
+    c.rpc("c", track_all, [(fresh[0], topic, "c:again", "again")])
+    again = {topic: {**without_c[topic], "c:again": ["again"]}}
+    for node in NODES:  # the new replica replicates as the old one did
+        assert c.rpc(node, wait_equal, again, 30.0, timeout=40) is not None
+    for node in NODES:
+        c.rpc(node, kill, holders[node] + (fresh if node == "c" else []))
+        c.rpc(node, stop_log, f"restart-log-{node}")
+
+
+def stop_node() -> None:
+    from hermes.runtime import lowlevel
+
+    lowlevel.current_node().request_stop()  # a clean stop, as SIGTERM
+
+
+@pytest.mark.timeout(120)
+def test_a_node_that_stops_cleanly_leaves_once_per_entry():
+    topic = "stopping"
+    with nodes_can_import_tests(), hermes.LocalCluster(NODES) as c:
+        for node in ("a", "c"):
+            c.rpc(node, start_log, f"stop-log-{node}", [topic])
+        pids = c.rpc("b", spawn_holders, 20)
+        c.rpc("b", track_all, [(pid, topic, f"b:{i % 5}", i) for i, pid in enumerate(pids)])
+        full = {topic: {f"b:{k}": [i for i in range(20) if i % 5 == k] for k in range(5)}}
+        for node in ("a", "c"):
+            assert c.rpc(node, wait_equal, full, 30.0, timeout=40) is not None
+        c.rpc("b", stop_node)
+        for node in ("a", "c"):
+            assert c.rpc(node, wait_equal, {topic: {}}, 30.0, timeout=40) is not None
+            diffs = c.rpc(node, log_call, f"stop-log-{node}", "diffs")
+            leaves = Counter((k, m) for d in diffs for k, ms in d.leaves.items() for m in ms)
+            assert leaves == Counter((f"b:{i % 5}", i) for i in range(20))
+            assert checks_hold(c, node, f"stop-log-{node}")
