@@ -32,10 +32,13 @@ __all__ = ["Diff", "NAME", "Presence", "Replica", "list", "system_children", "tr
 _PLAIN = frozenset({str, int, float, bool, bytes, type(None)})  # always picklable: no check needed
 
 
+_current = lowlevel.current  # the calling actor's process (a ContextVar), read on every track
+
+
 def _owner(pid: Pid | None, what: str) -> Pid:
     """The local live actor that owns the entry: the caller, or ``pid``."""
     if pid is None:
-        proc = lowlevel.current_process()
+        proc = _current.get()
         if proc is None:
             raise NotInActor(f"presence.{what} without pid= must be called by an actor; pass pid= otherwise")
         return proc.pid
@@ -60,7 +63,8 @@ def track(topic: Any, key: Any, meta: Any = None, *, pid: Pid | None = None) -> 
     ``untrack`` or its exit. ``ValueError`` if it tracks that key already (use
     ``update``), or if ``pid`` is not a live local actor."""
     owner = _owner(pid, "track")
-    _check_portable(topic, key, meta)
+    if type(topic) not in _PLAIN or type(key) not in _PLAIN or type(meta) not in _PLAIN:
+        dumps((topic, key, meta))  # entries cross nodes: SerializationError now, before any change
     if not get_replica().track(owner[2], topic, key, meta):
         raise ValueError(f"{owner} already tracks {key!r} in {topic!r}: use presence.update to change its meta")
 
