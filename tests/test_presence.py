@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -27,6 +28,9 @@ from hermes import presence
 
 from _cluster import poll
 from conftest import nodes_can_import_tests, run_node
+
+TESTS_DIR = str(Path(__file__).resolve().parent)
+ROOT_DIR = str(Path(__file__).resolve().parents[1])
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -482,3 +486,107 @@ def test_a_node_that_stops_cleanly_leaves_once_per_entry():
             leaves = Counter((k, m) for d in diffs for k, ms in d.leaves.items() for m in ms)
             assert leaves == Counter((f"b:{i % 5}", i) for i in range(20))
             assert checks_hold(c, node, f"stop-log-{node}")
+
+
+# -- a real cut: three test hosts in network namespaces ---------------------------------
+
+NETNS = "/work/shared/tools/netns.sh"
+
+
+async def netns_app() -> None:
+    """A node's first actor on a test host: tracks PRESENCE_N entries under its own
+    name, then writes what it lists and the diffs it saw to PRESENCE_OUT/<name>.json."""
+    import json
+    import os
+
+    out, n = os.environ["PRESENCE_OUT"], int(os.environ["PRESENCE_N"])
+    me = hermes.node().split("@")[0]
+    hermes.subscribe("cut")
+    for i in range(n):
+        presence.track("cut", f"{me}:{i}", i)
+    joins: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    while True:
+        try:
+            msg = await hermes.receive(timeout=0.05)
+        except TimeoutError:
+            msg = None
+        if isinstance(msg, presence.Diff):
+            joins.update(k.split(":")[0] for k, metas in msg.joins.items() for _ in metas)
+            leaves.update(k.split(":")[0] for k, metas in msg.leaves.items() for _ in metas)
+        listed = presence.list("cut")
+        state = {"keys": dict(Counter(k.split(":")[0] for k in listed)),
+                 "duplicates": sum(len(m) - 1 for m in listed.values()),
+                 "joins": dict(joins), "leaves": dict(leaves), "nodes": len(hermes.nodes())}
+        with open(f"{out}/{me}.tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(f"{out}/{me}.tmp", f"{out}/{me}.json")
+
+
+def _netns_unavailable() -> str | None:
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("ip") is None or not os.path.exists(NETNS):
+        return "needs root, iproute2 and the shared netns.sh"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    if any(line.split()[0] in ("h1", "h2", "h3") for line in listed.splitlines() if line.strip()):
+        return "test hosts h1..h3 exist already: another run is using them"
+    return None
+
+
+@pytest.mark.timeout(180)
+def test_a_real_cut_of_a_test_host_and_heal(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    n, names, port = 200, ["a", "b", "c"], 4471
+    hosts = {name: f"198.18.0.{i + 1}" for i, name in enumerate(names)}
+    subprocess.run([NETNS, "up", "3"], check=True, capture_output=True)
+    procs = []
+    try:
+        env = {**os.environ, "HERMES_COOKIE": "presence-netns-test", "PRESENCE_OUT": str(tmp_path),
+               "PRESENCE_N": str(n), "PYTHONPATH": os.pathsep.join([TESTS_DIR, str(ROOT_DIR)])}
+        for i, name in enumerate(names):
+            peers = ",".join(f"{hosts[p]}:{port}" for p in names if p != name)
+            args = ["ip", "netns", "exec", f"h{i + 1}", sys.executable, "-m", "hermes", "node",
+                    "--name", f"{name}@{hosts[name]}", "--host", hosts[name], "--port", str(port),
+                    "--peers", peers, "--tick-interval", "0.25", "--app", "test_presence:netns_app"]
+            log = open(tmp_path / f"{name}.log", "wb")
+            procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+
+        def state(name: str) -> dict[str, Any]:
+            try:
+                return json.loads((tmp_path / f"{name}.json").read_text())
+            except (OSError, ValueError):
+                return {}
+
+        def everyone(expect_keys: dict[str, dict[str, int]]) -> bool:
+            return all(state(name).get("keys") == keys and state(name).get("duplicates") == 0
+                       for name, keys in expect_keys.items())
+
+        whole = {name: {p: n for p in names} for name in names}
+        poll(lambda: everyone(whole), timeout=60)
+        subprocess.run([NETNS, "cut", "2"], check=True, capture_output=True)  # unplug b's host
+        poll(lambda: everyone({"a": {"a": n, "c": n}, "c": {"a": n, "c": n}, "b": {"b": n}}), timeout=30)
+        subprocess.run([NETNS, "heal", "2"], check=True, capture_output=True)
+        poll(lambda: everyone(whole), timeout=60)  # back as joins, no duplicates
+        for name in ("a", "c"):
+            seen = state(name)
+            assert (seen["joins"]["b"], seen["leaves"]["b"]) == (2 * n, n)  # joined, left at the cut, joined again
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+        subprocess.run([NETNS, "down", "3"], capture_output=True)
