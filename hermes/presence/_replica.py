@@ -177,7 +177,12 @@ class Replica:
         """A peer connected: it gets our whole table, then our deltas."""
         self.flush()  # what is queued goes to the others; this one gets it in the table
         dist = dist_of(self.node)
-        if dist is not None and dist.send_frame(name, ("pr_sync", self.local.topics)):
+        try:
+            sent = dist is not None and dist.send_frame(name, ("pr_sync", self.local.topics))
+        except SerializationError:  # past max_frame (millions of entries): the other layers still run
+            log.exception("presence entries could not be sent to %s; it will not list ours", name)
+            return
+        if sent:
             self.peers.add(name)
 
     def node_down(self, name: str, creation: int) -> None:
