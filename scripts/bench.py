@@ -1137,14 +1137,22 @@ def presence_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[],
             c.rpc(a, call, holder, ("track", entries), 60, timeout=70)
             if not c.rpc(b, presence_wait_count, n, timeout=70):
                 raise RuntimeError("the remote replica did not get every entry")
-            remote = (c.rpc(b, trace_now) - before_b) / n
+            after_b = c.rpc(b, trace_now)
             local = (c.rpc(a, trace_now) - before_a) / n
+            c.rpc(a, kill_all, [holder])  # the entries leave: what the remote replica frees, as a check
+            if not c.rpc(b, presence_wait_count, 0, timeout=70):
+                raise RuntimeError("the remote replica did not drop every entry")
+            freed = (after_b - c.rpc(b, trace_now)) / n
         finally:
             c.rpc(b, trace_stop)
             c.rpc(a, trace_stop)
             c.rpc(a, kill_all, [holder])
-        return remote, None, (f"{n:,} entries, keys 'user:N' (str), meta None, 100 topics; "
-                              f"the owner node's replica with its pid index: {local:.0f} B per entry")
+        grown = (after_b - before_b) / n
+        if not 0.5 * grown <= freed <= 1.5 * grown:
+            raise RuntimeError(f"inconsistent measure: {grown:.0f} B per entry grown, {freed:.0f} B freed")
+        return grown, None, (f"{n:,} entries, keys 'user:N' (str), meta None, 100 topics; freed when they "
+                             f"leave: {freed:.0f} B each; the owner node's replica with its pid index: "
+                             f"{local:.0f} B per entry")
 
     def converge() -> Any:
         per_node, topics = settings.n(10_000, 3_000), 100
