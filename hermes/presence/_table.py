@@ -3,9 +3,10 @@
 A ``Table`` holds the entries tracked on one node (this one, or one peer's
 current incarnation): ``topics[topic][key]`` is one entry ``(pid_id, meta)``,
 or a list of them when several pids track the same key. Pids are kept as
-their ids: the table's node and creation imply the rest. One tuple per entry and no per-key dict keep a peer's entry at ~140 bytes
-with a short str key and no meta (bench row ``presence_memory``); the dict
-is also what a sync frame carries, as is.
+their ids: the table's node and creation imply the rest. One tuple per
+entry and no per-key dict keep a peer's entry at ~140 bytes with a short
+str key and no meta (bench row ``presence_memory``); the dict is also what
+a sync frame carries, as is.
 
 ``Changes`` gathers the ``Diff``s of one batch of changes for the topics that
 have subscribers on this node, and publishes them locally. Within a diff,
