@@ -2,8 +2,9 @@
 
 One node (``run_node``): the API, its errors, and that a failed call changed
 nothing. Three nodes (``LocalCluster``): convergence of 30,000 presences, a
-netsplit healed by discovery, a SIGKILLed node, a restarted one, and a
-property test of the diffs: a ``PresenceLog`` actor on every node subscribes
+netsplit healed by discovery, a SIGKILLed node, a restarted one, a clean
+stop, a restarted presence actor, a real cut of a test host (network
+namespaces, root only), and a property test of the diffs: a ``PresenceLog`` actor on every node subscribes
 to the topics, reads ``presence.list`` once, and records every ``Diff``; its
 ``replay`` (leaves then joins applied to that first list) must always equal
 the node's current ``list``. Functions and classes that run on the nodes are
