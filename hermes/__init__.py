@@ -6,6 +6,7 @@ Everything a program needs is importable from here; process groups live in
 from __future__ import annotations
 
 from . import pg, registry
+from . import presence
 from ._app import run
 from .cluster import LocalCluster
 from .pubsub import broadcast_local, publish, subscribe, subscribers, unsubscribe
@@ -22,5 +23,6 @@ __all__ = [
     "register", "reply", "rpc", "run", "self", "send", "spawn", "trap_exits", "unlink", "unregister",
     "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
     "subscribers",
+    "presence",
 ]
 __version__ = "0.1.0"

@@ -111,13 +111,14 @@ async def _start_layers(node: Node, services: list[Any], config: NodeConfig) -> 
     pg scope, default PubSub) under one ``rest_for_one`` supervisor, as an OTP
     application would, so a crashed scope restarts and the PGServer after it
     joins again; then pg's link to the cluster (the service client)."""
-    from . import pubsub, registry
+    from . import presence, pubsub, registry
     from . import mesh as dist_layer
     from . import pg as pg_layer
     from .runtime import Supervisor
 
     services.append(await dist_layer.start(node, config))
-    children = registry.system_children() + pg_layer.system_children() + pubsub.system_children()
+    children = (registry.system_children() + presence.system_children() + pg_layer.system_children()
+                + pubsub.system_children())  # presence does not restart with pg or pubsub
     supervisor = node.spawn(Supervisor, (children,), {"strategy": "rest_for_one", "max_restarts": 5,
                                                       "max_seconds": 5.0}, parent=None, link=False)
     node.names[SYSTEM] = supervisor

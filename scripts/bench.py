@@ -113,6 +113,12 @@ ROWS = [
         "pickled message size", "<= 1.1x", lambda h, b: _ratio(h, b) <= 1.1, 60),
     Row("service_churn", 4, "service", "pg service: 50 nodes x 1,000 groups churn, worst lag", "s", "",
         "< 1 s", lambda h, b: h < 1.0, 240),
+    Row("presence_track", 13, "trio", "presence.track on 1 node, 2 nodes replicating", "rate", "pg.join, same node",
+        ">= 50 k/s", lambda h, b: h >= 50e3, 120),
+    Row("presence_memory", 13, "trio", "memory per presence per remote replica (tracemalloc)", "bytes", "",
+        "<= 300 B", lambda h, b: h <= 300, 120),
+    Row("presence_converge", 13, "trio", "3 x 10,000 presences over 100 topics: all lists equal", "s",
+        "slowest node's own tracks", "<= 1 s after the last track", lambda h, b: h <= 1.0, 180),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -984,7 +990,7 @@ def trio_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
         return min(h) / 1e6, min(base) / 1e6, "100 members; from SIGKILL to the last node's leave event"
 
     return {"join_visible": join_visible, "get_members": get_members, "fanout": fanout,
-            "killed_members": killed_members}
+            "killed_members": killed_members, **presence_rows(c, settings)}
 
 
 async def local_broadcast_rate(topic: Any, count: int, deliveries: int, chunk: int = 50) -> float:
@@ -996,6 +1002,191 @@ async def local_broadcast_rate(topic: Any, count: int, deliveries: int, chunk: i
         await asyncio.sleep(0)
     await receive(timeout=60)
     return deliveries / (time.perf_counter() - t0)
+
+
+# ===========================================================================
+# Presence (issue 13), on the trio fixture
+# ===========================================================================
+
+async def presence_track_rate(n: int, topics: int = 100, chunk: int = SEND_CHUNK) -> float:
+    """``n`` tracks by the calling (rpc) actor, yielding every ``chunk`` so the
+    batched deltas go out as they would; ends once the last batch is sent.
+    The entries leave when the rpc's actor exits."""
+    from hermes import presence
+
+    names = [f"bench.p.{t}" for t in range(topics)]
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        for i in range(start, min(start + chunk, n)):
+            presence.track(names[i % topics], i)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the last flush
+    return n / (time.perf_counter() - t0)
+
+
+async def pg_join_rate(n: int, topics: int = 100, chunk: int = SEND_CHUNK) -> float:
+    names = [f"bench.pg.{t}" for t in range(topics)]
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        for i in range(start, min(start + chunk, n)):
+            pg.join(names[i % topics])
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return n / (time.perf_counter() - t0)
+
+
+class PresenceHolder(Actor):
+    """Tracks what it is told to, keeps it until killed; ``call(pid, ("track", entries))``."""
+
+    def handle_call(self, request: Any, sender: Any) -> Any:
+        from hermes import presence
+
+        _, entries = request
+        for topic, key, meta in entries:
+            presence.track(topic, key, meta)
+        return time.monotonic_ns()
+
+
+async def presence_track_plan(plan: list[Any]) -> tuple[int, int]:
+    """Each holder tracks its entries, one after the other: (start, end) in monotonic ns."""
+    t0 = time.monotonic_ns()
+    for pid, entries in plan:
+        await call(pid, ("track", entries), 60)
+    return t0, time.monotonic_ns()
+
+
+def presence_entries(count: int = 0) -> int:
+    """How many entries this node's replica holds (all nodes')."""
+    from hermes.presence import _replica
+
+    replica = _replica.get_replica()
+    return replica.local.count() + sum(t.count() for t in replica.remote.values())
+
+
+async def presence_wait_count(count: int, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while presence_entries() != count:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def trace_start() -> None:
+    gc.collect()
+    tracemalloc.start()
+
+
+def trace_now() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def trace_stop() -> None:
+    tracemalloc.stop()
+
+
+_PRESENCE_SEEN: dict[str, int | None] = {}
+
+
+async def _presence_watch(tag: str, lasts: list[tuple[Any, Any]], timeout: float) -> None:
+    from hermes import presence
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(key in presence.list(topic) for topic, key in lasts):
+            _PRESENCE_SEEN[tag] = time.monotonic_ns()
+            return
+        await asyncio.sleep(0.002)
+    _PRESENCE_SEEN[tag] = None
+
+
+def presence_watch_last(tag: str, lasts: list[tuple[Any, Any]], timeout: float = 60.0) -> None:
+    """Start watching for every ``(topic, key)`` of ``lasts`` (each node's last track: a link
+    delivers in order, so the rest came before it); ``presence_seen`` says when they all showed."""
+    spawn(_presence_watch, tag, lasts, timeout)
+
+
+async def presence_seen(tag: str, timeout: float = 65.0) -> int | None:
+    deadline = time.monotonic() + timeout
+    while tag not in _PRESENCE_SEEN and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return _PRESENCE_SEEN.pop(tag, None)
+
+
+def presence_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:
+    a, b, z = c.nodes
+
+    def track() -> Any:
+        n = settings.n(100_000, 30_000)
+        h, base = interleaved(settings.reps, lambda: c.rpc(a, presence_track_rate, n, timeout=60),
+                              lambda: c.rpc(a, pg_join_rate, n, timeout=60), True)
+        for name in c.nodes:  # the replicas got them, and lost them with the rpc's actor
+            if not c.rpc(name, presence_wait_count, 0, timeout=70):
+                raise RuntimeError(f"{name} still lists presences of the benchmark")
+        return h, base, f"{n:,} tracks by one actor over 100 topics, yielding every {SEND_CHUNK}"
+
+    def memory() -> Any:
+        n = settings.n(30_000, 10_000)
+        holder = c.rpc(a, spawn_actor, PresenceHolder)
+        entries = [(f"bench.mem.{i % 100}", f"user:{i}", None) for i in range(n)]
+        c.rpc(b, trace_start)
+        c.rpc(a, trace_start)
+        try:
+            before_b, before_a = c.rpc(b, trace_now), c.rpc(a, trace_now)
+            c.rpc(a, call, holder, ("track", entries), 60, timeout=70)
+            if not c.rpc(b, presence_wait_count, n, timeout=70):
+                raise RuntimeError("the remote replica did not get every entry")
+            after_b = c.rpc(b, trace_now)
+            local = (c.rpc(a, trace_now) - before_a) / n
+            c.rpc(a, kill_all, [holder])  # the entries leave: what the remote replica frees, as a check
+            if not c.rpc(b, presence_wait_count, 0, timeout=70):
+                raise RuntimeError("the remote replica did not drop every entry")
+            freed = (after_b - c.rpc(b, trace_now)) / n
+        finally:
+            c.rpc(b, trace_stop)
+            c.rpc(a, trace_stop)
+            c.rpc(a, kill_all, [holder])
+        grown = (after_b - before_b) / n
+        if not 0.5 * grown <= freed <= 1.5 * grown:
+            raise RuntimeError(f"inconsistent measure: {grown:.0f} B per entry grown, {freed:.0f} B freed")
+        return grown, None, (f"{n:,} entries, keys 'user:N' (str), meta None, 100 topics; freed when they "
+                             f"leave: {freed:.0f} B each; the owner node's replica with its pid index: "
+                             f"{local:.0f} B per entry")
+
+    def converge() -> Any:
+        per_node, topics = settings.n(10_000, 3_000), 100
+        users = per_node // topics
+        holders = {name: c.rpc(name, spawn_many, PresenceHolder, users) for name in c.nodes}
+        plans = {name: [(pid, [(f"bench.conv.{t}", f"{name}:{u}", {"u": u}) for t in range(topics)])
+                        for u, pid in enumerate(pids)] for name, pids in holders.items()}
+        lasts = [(plan[-1][1][-1][0], plan[-1][1][-1][1]) for plan in plans.values()]
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        tag = f"conv-{time.monotonic_ns()}"
+        for name in c.nodes:
+            c.rpc(name, presence_watch_last, tag, lasts)
+        with ThreadPoolExecutor(3) as pool:  # the three nodes track at once
+            tracks = {name: pool.submit(c.rpc, name, presence_track_plan, plans[name], timeout=70)
+                      for name in c.nodes}
+            results = {name: (tracks[name].result(), c.rpc(name, presence_seen, tag, timeout=70))
+                       for name in c.nodes}
+        if any(seen is None for _, seen in results.values()):
+            raise RuntimeError(f"not every node saw every node's last track within 60 s: {results}")
+        last_track = max(end for (_, end), _ in results.values())
+        converged = max(seen for _, seen in results.values()) - last_track
+        slowest = max(end - start for (start, end), _ in results.values())
+        total = 3 * per_node
+        complete = all(c.rpc(name, presence_entries) == total for name in c.nodes)
+        for name, pids in holders.items():
+            c.rpc(name, kill_all, pids)
+        for name in c.nodes:
+            c.rpc(name, presence_wait_count, 0, timeout=70)
+        return (max(converged, 0) / 1e9, slowest / 1e9,
+                f"{users} actors per node, each tracking 100 topics; every replica complete: {complete}")
+
+    return {"presence_track": track, "presence_memory": memory, "presence_converge": converge}
 
 
 # ===========================================================================
