@@ -23,4 +23,6 @@ __all__ = [
     "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
     "subscribers",
 ]
+from .pubsub import RedisPublisher  # noqa: E402
+__all__ += ["RedisPublisher"]
 __version__ = "0.1.0"
