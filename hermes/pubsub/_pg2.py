@@ -36,7 +36,7 @@ class PGServer(Adapter):
         super().__init__(name, registry_name)
         self.dist = dist_of(self.node)
         if self.dist is not None:  # our frame: one handler for the node's PGServers
-            self.dist.handlers["f"] = _forward_handler(instances())
+            self.dist.register_frame("f", _forward_handler(instances()))
 
     def remote_nodes(self) -> tuple[str, ...]:
         """The other nodes with a member in our group.
@@ -92,12 +92,16 @@ def _forward_handler(servers: dict[str, Any]) -> Callable[[Any, Any, tuple[Any, 
     of ``ActorProcess.deliver_now``, without its drain: a fan-out needs no
     handler dispatch, and this is the remote publish's hot path.)"""
 
+    misconfigured: set[str] = set()
+
     def on_forward(dist: Any, conn: Any, frame: tuple[Any, ...]) -> None:
         _, name, topic, msg, exclude = frame
         server = servers.get(name)
         if server is None or not isinstance(server, PGServer):
-            if server is not None:
-                log.warning("a mesh publish for PubSub %s, which goes through Redis here: dropped", name)
+            if server is not None and name not in misconfigured:  # another adapter here: said once
+                misconfigured.add(name)
+                log.warning("mesh publishes for PubSub %s arrive from %s, but it goes through another adapter "
+                            "here: dropped (give every node the same pubsub_url)", name, conn.peer.name)
             return
         proc = lowlevel.process_of_actor(server)
         if proc.scheduled or proc.mailbox:
