@@ -6,11 +6,14 @@ runs against both adapters in ``test_pubsub.py`` (its ``cluster`` fixture is
 parametrized). Here, "islands" are three nodes that are NOT meshed: each is
 the only node of its own ``LocalCluster`` (its own pg service), all with the
 same cookie and ``pubsub_url``; each test checks ``nodes() == []`` on them.
+Three more are started as ``python -m hermes node --pubsub-url ...`` without
+``--cluster`` at all (standalone: they cannot mesh).
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +118,48 @@ def test_a_redis_publisher_in_a_plain_script_reaches_three_nodes(islands, redis_
     finally:
         for c, _ in found:
             c.stop()
+
+
+async def recorder_app() -> None:
+    """A standalone CLI node's first actor: writes each message of "r-cli" to a file."""
+    path = os.environ["HERMES_TEST_RECORD"]
+    hermes.subscribe("r-cli")
+    with open(path, "a") as f:
+        f.write(f"ready {hermes.node()} {hermes.nodes()}\n")
+    while True:
+        msg = await hermes.receive()
+        with open(path, "a") as f:
+            f.write(f"{msg!r}\n")
+
+
+def test_standalone_cli_nodes_without_a_cluster_share_redis(redis_server, tmp_path):
+    records = {name: tmp_path / f"{name}.txt" for name in ("clia", "clib", "clic")}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with nodes_can_import_tests():
+            for name, path in records.items():  # no --cluster: standalone, they never mesh
+                env = {**os.environ, "HERMES_COOKIE": COOKIE, "HERMES_TEST_RECORD": str(path)}
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "hermes", "node", "--name", name, "--pubsub-url", redis_server.url,
+                     "--app", "test_redis:recorder_app"], env=env, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True))
+        lines = {name: poll(lambda: path.exists() and path.read_text().splitlines(), timeout=30)
+                 for name, path in records.items()}
+        assert all(got[0].startswith("ready ") and got[0].endswith(" []") for got in lines.values())
+        target = lines["clib"][0].split()[1]
+        with hermes.RedisPublisher(redis_server.url, cookie=COOKIE) as pub:
+            pub.publish("r-cli", "to all")
+            pub.publish("r-cli", "to b", node=target)
+            pub.publish("r-cli", "done")
+        for name, path in records.items():
+            got = poll(lambda: (lambda t: t if t[-1] == "'done'" else None)(path.read_text().splitlines()),
+                       timeout=20)
+            assert got[1:] == (["'to all'", "'to b'", "'done'"] if name == "clib" else ["'to all'", "'done'"])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 class Boom:
