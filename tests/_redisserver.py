@@ -3,7 +3,8 @@
 ``redis_server`` (module scope) starts one with no persistence and stops it
 after the module; ``RedisServer.kill()`` / ``.start()`` SIGKILL it and start it
 again on the same port. Without the binary the tests that use it are skipped
-with one line saying why (``scripts/test`` installs it on Debian as root).
+(``test_redis.py``, with one line saying why: ``scripts/test`` installs it on
+Debian as root) or left out (``test_pubsub.py``'s "redis" variant).
 """
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from typing import Iterator
 
 import pytest
 
-BINARY = shutil.which("redis-server") or next((p for p in ("/usr/bin/redis-server",) if os.path.exists(p)), None)
+def _binary() -> str | None:
+    """``$HERMES_TEST_REDIS_SERVER`` if set (a path; one that does not exist: none), else the one on PATH."""
+    chosen = os.environ.get("HERMES_TEST_REDIS_SERVER")
+    if chosen is not None:
+        return chosen if os.path.isfile(chosen) else None
+    return shutil.which("redis-server") or next((p for p in ("/usr/bin/redis-server",) if os.path.exists(p)), None)
+
+
+BINARY = _binary()
+MISSING = "redis-server is not installed: the Redis adapter tests are skipped (scripts/test installs it)"
 
 
 def free_port() -> int:
@@ -60,7 +70,7 @@ class RedisServer:
 
 def started_redis() -> Iterator[RedisServer]:
     if BINARY is None:
-        pytest.skip("redis-server is not installed: the Redis adapter tests need it (scripts/test installs it)")
+        pytest.skip(MISSING)
     server = RedisServer()
     server.start()
     try:

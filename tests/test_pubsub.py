@@ -28,7 +28,7 @@ from hermes import pg, pubsub
 from hermes.runtime import lowlevel
 
 from _cluster import poll
-from _redisserver import redis_server  # noqa: F401  # a fixture: the "redis" cluster's server
+from _redisserver import BINARY, redis_server  # noqa: F401  # a fixture: the "redis" cluster's server
 from conftest import ask, agent, forwarded, run_node, nodes_can_import_tests, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -493,7 +493,7 @@ async def identity_check(topic: Any) -> tuple[bool, bool]:
     return tuple(results)  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module", params=["mesh", "redis"])
+@pytest.fixture(scope="module", params=["mesh", "redis"] if BINARY is not None else ["mesh"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[hermes.LocalCluster]:
     """The same three nodes, their PubSubs carried by the mesh or by Redis."""
     options = {}
