@@ -47,7 +47,7 @@ log = logging.getLogger("hermes.pubsub.redis")
 
 MAX_QUEUE = 100_000
 OVERFLOWS = ("drop_oldest", "drop_newest")
-BATCH = 1000  # payloads per pipeline; messages handled per loop turn is 5x that
+BATCH = 1000  # payloads per pipeline, and messages handled per loop turn (then others get theirs)
 BACKOFF = (0.05, 0.5)  # first and largest wait between reconnects, seconds
 REJECT_LOG_EVERY = 10.0  # seconds between two log lines about rejected payloads
 
@@ -160,7 +160,7 @@ class RedisServer(Adapter):
         self._drain_pending = False
         inbox, wire, here, origin = self.inbox, self.wire, self.node.name, self.origin
         registry = self.registry
-        for _ in range(5 * BATCH):
+        for _ in range(BATCH):
             try:
                 data = inbox.popleft()
             except IndexError:
