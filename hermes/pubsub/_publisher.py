@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..transport import resolve_cookie
+from ._api import DEFAULT
 from ._redis import connect, import_redis
 from ._redis_wire import Wire
-
-DEFAULT = "hermes.pubsub"
 
 
 class RedisPublisher:
