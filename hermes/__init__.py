@@ -25,4 +25,6 @@ __all__ = [
     "subscribers",
     "presence",
 ]
+from .pubsub import RedisPublisher  # noqa: E402
+__all__ += ["RedisPublisher"]
 __version__ = "0.1.0"

@@ -123,6 +123,8 @@ async def _start_layers(node: Node, services: list[Any], config: NodeConfig) -> 
                                                       "max_seconds": 5.0}, parent=None, link=False)
     node.names[SYSTEM] = supervisor
     node.procs[supervisor].name = SYSTEM
+    if config.pubsub_url and not await pubsub.wait_subscribed(timeout=config.join_timeout):
+        log.warning("node %s: not subscribed to Redis at start (pubsub_url); it keeps trying", node.name)
     services.append(await pg_layer.start(node, config))
 
 

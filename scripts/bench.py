@@ -119,6 +119,10 @@ ROWS = [
         "<= 300 B", lambda h, b: h <= 300, 120),
     Row("presence_converge", 13, "trio", "3 x 10,000 presences over 100 topics: all lists equal", "s",
         "slowest node's own tracks", "<= 1 s after the last track", lambda h, b: h <= 1.0, 180),
+    Row("redis_publish", 14, "redis", "publish through the Redis adapter, until sent", "rate",
+        "redis-py PUBLISH, same payloads, tight loop", ">= 0.5x", lambda h, b: _ratio(h, b) >= 0.5, 120),
+    Row("redis_fanout", 14, "redis", "fan-out through Redis, 3 nodes x 100 subs", "rate",
+        "broadcast_local, 100 subs", ">= 0.2 M/s", lambda h, b: h >= 2e5, 120),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -1319,6 +1323,123 @@ def service_rows(settings: Settings) -> dict[str, Callable[[], Any]]:
 
 
 # ===========================================================================
+# Fixture: a redis-server and 3 nodes whose default PubSub goes through it (issue 14)
+# ===========================================================================
+
+async def redis_publish_rate(topic: Any, count: int, chunk: int = 1000) -> float:
+    """Publishes per second through this node's Redis adapter, from the first
+    publish until the writer has sent them all to Redis."""
+    from hermes import pubsub
+
+    def done() -> int:
+        stats = pubsub.statistics()
+        return stats["sent"] + stats["lost"] + stats["dropped"]
+
+    start = done()
+    t0 = time.perf_counter()
+    for first in range(0, count, chunk):
+        for _ in range(min(chunk, count - first)):
+            publish(topic, ("event", 1))
+        await asyncio.sleep(0)
+    while done() - start < count:
+        await asyncio.sleep(0.0005)
+    return count / (time.perf_counter() - t0)
+
+
+def redis_py_rate(url: str, cookie: str, topic: Any, count: int, pipelined: bool = False) -> float:
+    """redis-py PUBLISHing the adapter's own payloads (signed, pickled) in a tight loop."""
+    import redis
+
+    from hermes.pubsub._redis_wire import Wire
+
+    wire = Wire(cookie.encode(), "hermes.pubsub")
+    payloads = [wire.payload("bench", None, topic, ("event", 1), None) for _ in range(count)]
+    client = redis.Redis.from_url(url)
+    try:
+        t0 = time.perf_counter()
+        if pipelined:
+            for first in range(0, count, 1000):
+                pipe = client.pipeline(transaction=False)
+                for payload in payloads[first:first + 1000]:
+                    pipe.publish(wire.channel, payload)
+                pipe.execute()
+        else:
+            for payload in payloads:
+                client.publish(wire.channel, payload)
+        return count / (time.perf_counter() - t0)
+    finally:
+        client.close()
+
+
+def open_redis_fixture(settings: Settings, log_dir: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
+    import shutil
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = _free_port()
+    server = subprocess.Popen([binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", HOST],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record_pid(server.pid)
+    url = f"redis://{HOST}:{port}/0"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+    try:
+        cluster = LocalCluster(["bencha", "benchb", "benchc"], log_dir=log_dir, pubsub_url=url)
+    except BaseException:
+        server.kill()
+        raise
+    record_cluster(cluster)
+
+    def close() -> None:
+        cluster.stop()
+        server.kill()
+        server.wait(10)
+
+    return redis_rows(cluster, url, settings), close
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def redis_rows(c: LocalCluster, url: str, settings: Settings) -> dict[str, Callable[[], Any]]:
+    a = c.nodes[0]
+    reps = settings.reps
+
+    def redis_publish() -> Any:
+        n, n_base = settings.n(50_000, 20_000), settings.n(5_000, 2_000)
+        topic = "bench.redis"  # no subscriber anywhere: the publish path alone
+        h, base = interleaved(reps, lambda: c.rpc(a, redis_publish_rate, topic, n, timeout=90),
+                              lambda: redis_py_rate(url, c.cookie, topic, n_base), True)
+        piped = max(redis_py_rate(url, c.cookie, topic, n, pipelined=True) for _ in range(reps))
+        return h, base, (f"{n:,} publishes (baseline {n_base:,}, one round trip each); redis-py pipelined "
+                         f"1,000 at a time: {piped / 1e3:.1f} k/s")
+
+    def redis_fanout() -> Any:
+        topic, local_topic, subs = "bench.rfan", "bench.rfan.local", 100
+        count = settings.n(3_000, 1_000)
+        spawned = {name: c.rpc(name, spawn_many, Subscriber, subs, topic) for name in c.nodes}
+        spawned[a] += c.rpc(a, spawn_many, Subscriber, subs, local_topic)
+        expect = {name: subs * count for name in c.nodes}
+        h, base = interleaved(reps, lambda: c.rpc(a, publish_rate, topic, count, expect, timeout=90),
+                              lambda: c.rpc(a, local_broadcast_rate, local_topic, count, subs * count), True)
+        for name, pids in spawned.items():
+            c.rpc(name, kill_all, pids)
+        return h, base, f"{count:,} publishes x {3 * subs} subscribers, one PUBLISH each"
+
+    return {"redis_publish": redis_publish, "redis_fanout": redis_fanout}
+
+
+# ===========================================================================
 # The child process: one fixture, its rows, results as JSON lines
 # ===========================================================================
 
@@ -1360,6 +1481,9 @@ def child_main(argv: list[str]) -> None:
 
     if fixture == "service":
         run_rows(rows, out, lambda: (service_rows(settings), lambda: None))
+        return
+    if fixture == "redis":
+        run_rows(rows, out, lambda: open_redis_fixture(settings, log_dir))
         return
     names = [f"bench{n}" for n in (["a", "b"] if fixture == "pair" else ["a", "b", "c"])]
 
@@ -1523,7 +1647,7 @@ def main() -> int:
     print(f"Hermes bench ({'quick' if options.quick else 'full'}), {len(rows)} rows; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; work folder {workdir}", flush=True)
     results: dict[str, dict[str, Any]] = {}
-    for fixture in ("local", "pair", "trio", "service"):
+    for fixture in ("local", "pair", "trio", "service", "redis"):
         chosen = [r for r in rows if r.fixture == fixture]
         if chosen:
             t0 = time.monotonic()

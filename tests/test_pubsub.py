@@ -25,7 +25,10 @@ import pytest
 import hermes
 from hermes import pg, pubsub
 
+from hermes.runtime import lowlevel
+
 from _cluster import poll
+from _redisserver import BINARY, redis_server  # noqa: F401  # a fixture: the "redis" cluster's server
 from conftest import ask, agent, forwarded, run_node, nodes_can_import_tests, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -428,9 +431,12 @@ def subscriber_pids(topic: Any, pubsub_name: str | None = None) -> list[hermes.P
     return [pid for pid, _ in hermes.subscribers(topic, pubsub=pubsub_name)]
 
 
-def start_pubsub(name: str) -> None:
+async def start_pubsub(name: str) -> None:
+    """Start PubSub ``name`` here, through Redis if the node's default one is
+    (and return once its subscription is in place)."""
     if name not in pubsub.instances():
-        pubsub.start(name)
+        pubsub.start(name, url=lowlevel.current_node().config.pubsub_url)
+    assert await pubsub.wait_subscribed(name, timeout=10.0)
 
 
 def pubsub_nodes(name: str) -> list[str]:
@@ -487,10 +493,14 @@ async def identity_check(topic: Any) -> tuple[bool, bool]:
     return tuple(results)  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[hermes.LocalCluster]:
+@pytest.fixture(scope="module", params=["mesh", "redis"] if BINARY is not None else ["mesh"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[hermes.LocalCluster]:
+    """The same three nodes, their PubSubs carried by the mesh or by Redis."""
+    options = {}
+    if request.param == "redis":
+        options["pubsub_url"] = request.getfixturevalue("redis_server").url
     with nodes_can_import_tests():
-        c = hermes.LocalCluster(["a", "b", "c"])
+        c = hermes.LocalCluster(["a", "b", "c"], **options)
     try:
         yield c
     finally:
