@@ -14,6 +14,10 @@ from .runtime import (NOREPLY, Actor, Down, Exit, NodeDown, NodeUp, Pid, Ref, Su
                       connect, demonitor, disconnect, exit, link, monitor, monitor_node, monitor_nodes, node, nodes,
                       receive, register, reply, rpc, self, send, spawn, trap_exits, unlink, unregister,
                       whereis)
+from ._embed import Node, start
+from ._errors import NameInUse, SlowConsumer
+from ._join import wait_for_nodes
+from .pubsub import Subscription, subscription
 
 __all__ = [
     "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NoNode", "NodeDown", "NodeUp", "NotInActor",
@@ -22,5 +26,6 @@ __all__ = [
     "register", "reply", "rpc", "run", "self", "send", "spawn", "trap_exits", "unlink", "unregister",
     "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
     "subscribers",
+    "start", "Node", "subscription", "Subscription", "wait_for_nodes", "NameInUse", "SlowConsumer",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._pg2 import (DEFAULT, PGServer, broadcast_local, child_spec, group_of, instances, publish, start, subscribe,
                    subscribers, system_children, unsubscribe)
+from ._subscription import Subscription, subscription
 
 __all__ = ["DEFAULT", "PGServer", "broadcast_local", "child_spec", "group_of", "instances", "publish", "start",
-           "subscribe", "subscribers", "system_children", "unsubscribe"]
+           "subscribe", "subscribers", "Subscription", "subscription", "system_children", "unsubscribe"]

@@ -31,14 +31,15 @@ from ._actor import Actor, Call, Cast
 from ._api import rpc_body
 from ._node import Distribution, Node, default_host
 from ._process import ActorProcess, Process, TaskProcess, current
+from ._tasks import install as install_task_factory, uninstall as uninstall_task_factory
 
 T = TypeVar("T")
 
 __all__ = [
     "Actor", "ActorProcess", "Call", "Cast", "Distribution", "Node", "Process", "TaskProcess",
     "add_exit_hook", "current", "current_node", "current_process", "default_host", "deliver", "deliver_now",
-    "layer_state", "node_or_none", "process_of", "process_of_actor", "remove_exit_hook", "rpc_body",
-    "set_current_node",
+    "install_task_factory", "layer_state", "node_or_none", "process_of", "process_of_actor", "remove_exit_hook", "rpc_body",
+    "set_current_node", "uninstall_task_factory",
 ]
 
 
