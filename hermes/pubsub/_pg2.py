@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from threading import get_ident
 from typing import Any, Callable
 
 from .. import pg, registry
@@ -146,6 +147,7 @@ def instances() -> dict[str, PGServer]:
 
 def _server(pubsub: str | None) -> PGServer:
     name = pubsub or DEFAULT
+    lowlevel.current_node()  # NoNode, or the thread rule
     try:
         return lowlevel.node_or_none().layers["pubsub"][name]  # type: ignore[union-attr]  # None: AttributeError
     except (AttributeError, KeyError):
@@ -228,6 +230,8 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
         server: PGServer = lowlevel.node_or_none().layers["pubsub"][pubsub or DEFAULT]  # type: ignore[union-attr]
     except (AttributeError, KeyError):
         server = _server(pubsub)  # raises the right error
+    if server.node.thread != get_ident():  # the thread rule
+        lowlevel.current_node()  # raises, naming Node.submit
     remote = server._remote if server._generation == server.pg.generation else server.remote_connections()
     if node is not None:
         remote = tuple(conn for conn in remote if conn.peer.name == node)

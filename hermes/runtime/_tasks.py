@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ._process import current
@@ -30,6 +31,24 @@ def _outside_actor(ctx: contextvars.Context) -> contextvars.Context:
     return ctx
 
 
+def _awaited_in_place() -> bool:
+    """Python 3.11's ``wait_for`` runs its awaitable as a task of its own, which
+    its caller awaits at once: that task is still the caller (3.12 makes none)."""
+    if _WAIT_FOR is None:
+        return False
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            return False
+        if frame.f_code is _WAIT_FOR:
+            return True
+        frame = frame.f_back
+    return False
+
+
+_WAIT_FOR = asyncio.tasks.wait_for.__code__ if sys.version_info < (3, 12) else None
+
+
 def install(node: Node) -> None:
     """Make tasks created on ``node.loop`` without ``context=`` actor-less."""
     loop = node.loop
@@ -38,7 +57,7 @@ def install(node: Node) -> None:
 
     def factory(loop: asyncio.AbstractEventLoop, coro: Any, context: contextvars.Context | None = None,
                 **kwargs: Any) -> asyncio.Future[Any]:
-        if context is None and current.get() is not None:
+        if context is None and current.get() is not None and not _awaited_in_place():
             context = _outside_actor(contextvars.copy_context())
         if previous is not None:
             return previous(loop, coro, context=context, **kwargs)  # type: ignore[call-arg]

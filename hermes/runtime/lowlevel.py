@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from .._errors import NoNode
 from . import _node
 from ._actor import Actor, Call, Cast
 from ._api import rpc_body
@@ -45,10 +44,7 @@ __all__ = [
 
 def current_node() -> Node:
     """The node of this process; ``NoNode`` if none runs."""
-    node = _node._node
-    if node is None:
-        raise NoNode("no Hermes node is running in this process (use hermes.run or hermes.start)")
-    return node
+    return _node.get()  # NoNode, or HermesError off the node's loop thread
 
 
 def node_or_none() -> Node | None:
