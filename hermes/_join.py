@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from . import pg
+from ._errors import NameInUse
 from .mesh import of as dist_of
 from .pubsub import DEFAULT, group_of
 from .runtime import lowlevel
@@ -56,7 +57,11 @@ async def _listed(node: Node, deadline: float) -> tuple[list[str], list[tuple[st
     while client.statistics()["snapshots"] == 0 and loop.time() < deadline:
         await asyncio.sleep(POLL)
     await asyncio.sleep(0)  # the snapshot is applied by a callback the client's thread queued
-    return [name for name in client.nodes() if name != node.name], peers
+    listed = client.nodes()
+    mine = listed.get(node.name)
+    if mine is not None and mine[0] != node.creation:  # race: another node took our name after us
+        raise NameInUse(node.name, tuple(mine[1]) if mine[1] is not None else None)
+    return [name for name in listed if name != node.name], peers
 
 
 async def first_round(node: Node, timeout: float) -> None:
