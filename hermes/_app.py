@@ -3,6 +3,8 @@
 This is the one module that knows all the layers, top to bottom: it creates
 the runtime ``Node``, starts distribution, the default Registry, the pg scope
 and the default PubSub, spawns ``main``, and tears everything down in reverse.
+``open_node`` / ``close_node`` are those steps without the loop, the signals
+or ``main``: ``run`` and ``start`` (``_embed``) share them.
 """
 from __future__ import annotations
 

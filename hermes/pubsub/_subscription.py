@@ -35,6 +35,7 @@ from ._pg2 import _server
 
 POLICIES = ("drop_oldest", "drop_newest", "error")
 _OLDEST, _NEWEST, _ERROR = range(3)
+_RUNNING = 0  # Process.state of a live process
 
 
 class _Inbox(Process):
@@ -135,7 +136,7 @@ class Subscription:
 
     @property
     def closed(self) -> bool:
-        return self._inbox is not None and self._inbox.state != 0 and not self._inbox.mailbox
+        return self._inbox is not None and self._inbox.state != _RUNNING and not self._inbox.mailbox
 
     def qsize(self) -> int:
         return len(self._inbox.mailbox) if self._inbox is not None else 0
@@ -155,7 +156,7 @@ class Subscription:
             raise SlowConsumer(self.topic, inbox.dropped)
         if inbox.mailbox:
             return inbox.mailbox.popleft()
-        if inbox.state != 0:
+        if inbox.state != _RUNNING:
             raise HermesError(f"subscription to {self.topic!r} is closed")
         waiter = inbox.waiter = inbox.node.loop.create_future()
         try:
@@ -174,21 +175,21 @@ class Subscription:
 
     async def __anext__(self) -> Any:
         inbox = self._inbox
-        if inbox is not None and inbox.state != 0 and not inbox.mailbox and not inbox.overflowed:
+        if inbox is not None and inbox.state != _RUNNING and not inbox.mailbox and not inbox.overflowed:
             raise StopAsyncIteration
         try:
             return await self.get()
         except SlowConsumer:
             raise
         except HermesError:
-            if inbox is not None and inbox.state != 0:
+            if inbox is not None and inbox.state != _RUNNING:
                 raise StopAsyncIteration from None
             raise
 
     def statistics(self) -> dict[str, Any]:
         return {"topic": self.topic, "queued": self.qsize(), "maxsize": self.maxsize, "dropped": self.dropped,
                 "overflow": self.overflow, "reconnects": self.reconnects, "open": self._inbox is not None
-                and self._inbox.state == 0}
+                and self._inbox.state == _RUNNING}
 
     def __repr__(self) -> str:
         return f"<hermes.Subscription {self.topic!r} pid={self.pid} dropped={self.dropped}>"
