@@ -15,6 +15,10 @@ from .runtime import (NOREPLY, Actor, Down, Exit, NodeDown, NodeUp, Pid, Ref, Su
                       connect, demonitor, disconnect, exit, link, monitor, monitor_node, monitor_nodes, node, nodes,
                       receive, register, reply, rpc, self, send, spawn, trap_exits, unlink, unregister,
                       whereis)
+from ._embed import Node, start
+from ._errors import NameInUse, SlowConsumer
+from ._join import wait_for_nodes
+from .pubsub import Subscription, subscription
 
 __all__ = [
     "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NoNode", "NodeDown", "NodeUp", "NotInActor",
@@ -24,6 +28,7 @@ __all__ = [
     "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
     "subscribers",
     "presence",
+    "start", "Node", "subscription", "Subscription", "wait_for_nodes", "NameInUse", "SlowConsumer",
 ]
 from .pubsub import RedisPublisher  # noqa: E402
 __all__ += ["RedisPublisher"]

@@ -3,11 +3,15 @@
 This is the one module that knows all the layers, top to bottom: it creates
 the runtime ``Node``, starts distribution, the default Registry, the pg scope
 and the default PubSub, spawns ``main``, and tears everything down in reverse.
+``open_node`` / ``close_node`` are those steps without the loop, the signals
+or ``main``: ``run`` and ``start`` (``_embed``) share them.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import signal
 import threading
 import time
@@ -15,6 +19,7 @@ from typing import Any, Callable
 
 from ._config import NodeConfig
 from ._errors import ActorExited, HermesError
+from ._join import first_round
 from .runtime import lowlevel
 from .runtime.lowlevel import Node, default_host
 
@@ -48,36 +53,71 @@ async def run_async(main: Callable[..., Any] | None = None, *args: Any, config: 
                     ready: Callable[[Node], Any] | None = None, **options: Any) -> Any:
     """``run`` on the running loop, with SIGINT/SIGTERM handlers (the node process's
     and ``run``'s body). Takes the options of ``run`` or a built ``config``."""
-    if config is None:
-        config = NodeConfig.build(**options)
-    elif options:
-        config = config.replace(**options)
+    config = _config_of(config, options)
     if config.name is None:
         raise TypeError("run() needs name=: the node's name, NAME or NAME@HOST")
-    if lowlevel.node_or_none() is not None:
-        raise HermesError("a Hermes node is already running in this process")
     loop = asyncio.get_running_loop()
-    node = Node(full_name(config.name), loop, creation=new_creation())
-    node.config = config
-    lowlevel.set_current_node(node)
     stop = asyncio.Event()
+    node, services = await open_node(config)
     node.request_stop = stop.set
     _install_signal_handlers(loop, stop)
-    services: list[Any] = []
     try:
-        await _start_layers(node, services, config)
         if ready is not None:
             ready(node)
         return await _run_main(node, main, args, stop)
     finally:
         _remove_signal_handlers(loop)
+        await close_node(node, services)
+
+
+def _config_of(config: NodeConfig | None, options: dict[str, Any]) -> NodeConfig:
+    if config is None:
+        return NodeConfig.build(**options)
+    return config.replace(**options) if options else config
+
+
+async def open_node(config: NodeConfig) -> tuple[Node, list[Any]]:
+    """Start a node on the running loop, as an outline: claim the process's one
+    node, create the runtime, start the layers, then the first discovery round.
+    Returns the runtime node and the services to stop (``close_node``). On any
+    failure, what was started is stopped again and the process has no node."""
+    if lowlevel.node_or_none() is not None:
+        raise HermesError("a Hermes node is already running in this process (one node per process)")
+    name = full_name(config.name) if config.name is not None else unique_name()
+    node = Node(name, asyncio.get_running_loop(), creation=new_creation())
+    node.config = config
+    lowlevel.set_current_node(node)
+    lowlevel.install_task_factory(node)
+    services: list[Any] = []
+    try:
+        await _start_layers(node, services, config)
+        node.layers[SERVICES] = services
+        await first_round(node, config.join_timeout)
+    except BaseException:
+        await close_node(node, services)
+        raise
+    return node, services
+
+
+async def close_node(node: Node, services: list[Any]) -> None:
+    """Stop the node's actors (``terminate("shutdown")``), then its services in
+    reverse (links close with ``bye``, the pg service is told), and free the process."""
+    try:
         await node.shutdown()
         for service in reversed(services):
             try:
                 await service.stop()
             except Exception:
                 log.exception("error while stopping %r", service)
-        lowlevel.set_current_node(None)
+    finally:
+        lowlevel.uninstall_task_factory(node)
+        if lowlevel.node_or_none() is node:
+            lowlevel.set_current_node(None)
+
+
+def unique_name() -> str:
+    """A node name no other process of this host uses now (``uvicorn --workers N``)."""
+    return full_name(f"hermes-{os.getpid()}-{secrets.token_hex(3)}")
 
 
 async def _run_main(node: Node, main: Callable[..., Any] | None, args: tuple[Any, ...],
@@ -104,6 +144,7 @@ async def _run_main(node: Node, main: Callable[..., Any] | None, args: tuple[Any
 
 
 SYSTEM = "hermes.system"
+SERVICES = "hermes.services"  # node.layers key: what open_node started (read by _join)
 
 
 async def _start_layers(node: Node, services: list[Any], config: NodeConfig) -> None:

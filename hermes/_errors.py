@@ -73,3 +73,31 @@ class ProtocolError(HermesError):
 
 class HandshakeError(ProtocolError):
     """A peer failed the cookie handshake (or the handshake timed out)."""
+
+
+class SlowConsumer(HermesError):
+    """A ``subscription`` with ``overflow="error"`` fell ``maxsize`` messages
+    behind its publishers and ended; ``.dropped`` counts what it lost."""
+
+    def __init__(self, topic: Any, dropped: int) -> None:
+        self.topic = topic
+        self.dropped = dropped
+        super().__init__(f"subscription to {topic!r} fell behind and ended: {dropped} message(s) dropped "
+                         "(read faster, raise maxsize, or choose overflow='drop_oldest')")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SlowConsumer, (self.topic, self.dropped))
+
+
+class NameInUse(HermesError):
+    """A live node of the cluster already holds this node name."""
+
+    def __init__(self, name: str, address: Any = None) -> None:
+        self.name = name
+        self.address = address
+        where = f" at {address[0]}:{address[1]}" if address else ""
+        super().__init__(f"node name {name!r} is held by a live node{where}; choose another name "
+                         "(or name=None for a unique one), or stop that node")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NameInUse, (self.name, self.address))

@@ -107,7 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "node":
         from .cluster import run_node
 
-        run_node(node_options(args), app=args.app, control_fd=args.control_fd)
+        from ._errors import NameInUse
+
+        try:
+            run_node(node_options(args), app=args.app, control_fd=args.control_fd)
+        except NameInUse as exc:  # one line, exit 1: a name clash is the user's to fix
+            print(f"hermes node: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
     else:
         from .shell import run_shell
 

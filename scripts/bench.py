@@ -123,6 +123,10 @@ ROWS = [
         "redis-py PUBLISH, same payloads, tight loop", ">= 0.5x", lambda h, b: _ratio(h, b) >= 0.5, 120),
     Row("redis_fanout", 14, "redis", "fan-out through Redis, 3 nodes x 100 subs", "rate",
         "broadcast_local, 100 subs", ">= 0.2 M/s", lambda h, b: h >= 2e5, 120),
+    Row("send_check", 10, "local", "local send with the thread check", "rate", "send as before the check",
+        ">= 0.97x", lambda h, b: _ratio(h, b) >= 0.97, 90),
+    Row("publish_check", 10, "local", "publish to 10 local subscribers, thread check", "rate",
+        "publish as before the check", ">= 0.97x", lambda h, b: _ratio(h, b) >= 0.97, 90),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -319,6 +323,76 @@ async def send_rate(dest: Any, n: int, chunk: int = SEND_CHUNK) -> float:
         await asyncio.sleep(0)
     await receive(timeout=60)
     return n / (time.perf_counter() - t0)
+
+
+def _send_before(dest: Any, msg: Any) -> None:
+    """``hermes.send`` as it was before the thread rule (the baseline of send_check)."""
+    node_ = _nodemod._node
+    if node_ is None:
+        _nodemod.get()
+    node_.send(dest, msg)  # type: ignore[union-attr]
+
+
+def _publish_before(topic: Any, msg: Any, *, exclude: Any = None, node: str | None = None,
+                    pubsub: str | None = None) -> None:
+    """``hermes.publish`` as it was before the thread rule (the baseline of publish_check)."""
+    from hermes.pubsub import _pg2
+    from hermes.transport import dumps
+
+    try:
+        server = _pg2.lowlevel.node_or_none().layers["pubsub"][pubsub or _pg2.DEFAULT]  # type: ignore[union-attr]
+    except (AttributeError, KeyError):
+        server = _pg2._server(pubsub)
+    remote = server._remote if server._generation == server.pg.generation else server.remote_connections()
+    if node is not None:
+        remote = tuple(conn for conn in remote if conn.peer.name == node)
+    if remote:
+        payload = dumps(("f", server.name, topic, msg, exclude))
+        for conn in remote:
+            conn.send_payload(payload)
+    if (node is None or node == server.node.name) and topic in server.registry.table:
+        _pg2._fan_out(server.registry, topic, msg, exclude)
+
+
+async def alternated(reps: int, hermes_fn: Callable[[], Any], baseline_fn: Callable[[], Any]) -> tuple[float, float]:
+    """Best rate of each side, the side that goes first swapped every rep: the
+    second run of a pair is measurably slower here (~10%), which a small
+    difference must not inherit."""
+    h, b = [], []
+    for rep in range(reps):
+        if rep % 2:
+            h.append(await hermes_fn())
+            b.append(await baseline_fn())
+        else:
+            b.append(await baseline_fn())
+            h.append(await hermes_fn())
+    return max(h), max(b)
+
+
+async def rate_of(send_fn: Callable[[Any, Any], None], dest: Any, n: int, chunk: int = SEND_CHUNK) -> float:
+    """``send_rate`` with the send function given (a before/after pair)."""
+    await call(dest, ("expect", n, self()), timeout=10)
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        for i in range(start, min(n, start + chunk)):
+            send_fn(dest, i)
+        await asyncio.sleep(0)
+    await receive(timeout=60)
+    return n / (time.perf_counter() - t0)
+
+
+async def local_publish_rate(publish_fn: Callable[..., None], topic: Any, count: int, subscribers: int,
+                             chunk: int = 50) -> float:
+    """Publishes per second to ``subscribers`` local ``Subscriber`` actors of ``topic``."""
+    arm_tally(topic, count * subscribers, self())
+    msg = ("event", 1)
+    t0 = time.perf_counter()
+    for start in range(0, count, chunk):
+        for _ in range(min(chunk, count - start)):
+            publish_fn(topic, msg)
+        await asyncio.sleep(0)
+    await receive(timeout=60)
+    return count / (time.perf_counter() - t0)
 
 
 async def call_p50_us(dest: Any, n: int) -> float:
@@ -841,7 +915,24 @@ async def local_rows(rows: list[str], settings: Settings, out: Callable[[dict[st
         await _kill_and_settle(pids)
         return per, await task_memory(count), "one pass: allocation counts do not vary"
 
+    async def send_check() -> Any:
+        n = settings.n(500_000, 200_000)
+        sink = spawn(Sink)
+        h, b = await alternated(max(reps, 6), lambda: rate_of(send, sink, n), lambda: rate_of(_send_before, sink, n))
+        exit(sink, "kill")
+        return h, b, f"{n:,} msgs; same loop, only the send function differs"
+
+    async def publish_check() -> Any:
+        n = settings.n(100_000, 40_000)
+        subs = spawn_many(Subscriber, 10, "bench.check")
+        h, b = await alternated(max(reps, 6), lambda: local_publish_rate(publish, "bench.check", n, 10),
+                                lambda: local_publish_rate(_publish_before, "bench.check", n, 10))
+        kill_all(subs)
+        return h, b, f"{n:,} publishes x 10 subscribers; only the publish function differs"
+
     await guarded("local_send", local_send)
+    await guarded("send_check", send_check)
+    await guarded("publish_check", publish_check)
     await guarded("local_call", local_call)
     await guarded("spawn", spawn_seconds)
     await guarded("actor_memory", actor_memory)

@@ -67,18 +67,20 @@ def _imports(module: str, path: Path) -> list[tuple[int, str]]:
 
 
 def _package_of(dotted: str) -> str:
+    """The subpackage a dotted name belongs to; ``""`` for the root package's own modules."""
     parts = dotted.split(".")
-    return parts[1] if len(parts) > 1 else ""
+    return parts[1] if len(parts) > 1 and (PACKAGE / parts[1]).is_dir() else ""
 
 
 def _private_crossing(importer: str, imported: str) -> bool:
     parts = imported.split(".")
     own = _package_of(importer)
     other = _package_of(imported)
-    if other == own and own != "" and not own.startswith("_"):
-        return False  # inside one subpackage
-    if other.startswith("_") and other.removesuffix(".py") in ROOT_SHARED:
-        return any(p.startswith("_") and not p.startswith("__") for p in parts[3:])
+    if other == own:
+        return False  # inside one package (the root's own modules are one package too)
+    if other == "":  # a subpackage reading the root: only its shared modules
+        return parts[1].startswith("_") and parts[1] not in ROOT_SHARED or \
+            any(p.startswith("_") and not p.startswith("__") for p in parts[3:])
     return any(p.startswith("_") and not p.startswith("__") for p in parts[1:])
 
 
@@ -124,4 +126,6 @@ def test_the_checker_sees_an_offence() -> None:
     assert not _private_crossing("hermes.pubsub._pg2", "hermes.runtime.lowlevel.Node")
     assert not _private_crossing("hermes.pg._scope", "hermes.pg._wire.ServiceConnection")
     assert not _private_crossing("hermes.mesh._manager", "hermes._errors.HermesError")
+    assert not _private_crossing("hermes._app", "hermes._join.first_round")
+    assert _private_crossing("hermes.pg._start", "hermes._join.first_round")
     assert len(_modules()) > 30

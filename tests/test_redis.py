@@ -246,6 +246,27 @@ def start_publisher(topic: str, seconds: float) -> None:
     hermes.spawn(publish_for, topic, seconds)
 
 
+_SUBSCRIPTIONS: dict[str, Any] = {}  # on a node: open subscriptions by name
+
+
+async def hold_subscription(name: str, topic: str) -> None:
+    """A subscription held by a plain coroutine for the test's life."""
+    import asyncio
+
+    async with hermes.subscription(topic) as sub:
+        _SUBSCRIPTIONS[name] = sub
+        await asyncio.Event().wait()
+
+
+def start_subscription(name: str, topic: str) -> None:
+    hermes.spawn(hold_subscription, name, topic)
+
+
+def subscription_counts(name: str) -> tuple[int, int]:
+    sub = _SUBSCRIPTIONS[name]
+    return sub.reconnects, sub.qsize()
+
+
 @pytest.mark.timeout(180)
 def test_redis_killed_and_restarted_under_publishing(tmp_path):
     server_iter = started_redis()
@@ -256,6 +277,8 @@ def test_redis_killed_and_restarted_under_publishing(tmp_path):
             a, b = c.nodes
             for n in (a, b):
                 c.rpc(n, start_listener, "listener", topic)
+            c.rpc(b, start_subscription, "sub", topic)
+            poll(lambda: c.rpc(b, subscription_counts, "sub") == (0, 0), timeout=10)
             c.rpc(a, start_publisher, topic, 8.0)
             poll(lambda: any(m[0] == "tick" for m in c.rpc(b, listened, "listener")), timeout=20)
             server.kill()
@@ -269,6 +292,9 @@ def test_redis_killed_and_restarted_under_publishing(tmp_path):
                     c.rpc(n, listened, "listener")), timeout=10)
                 assert got.count(Reconnected(pubsub.DEFAULT)) == 1
                 assert c.rpc(n, stats)["reconnects"] == 1
+            # a subscription counts the reconnect; none is queued among its messages
+            reconnects, _queued = c.rpc(b, subscription_counts, "sub")
+            assert reconnects == 1
             # nothing else broke: publishing goes on, both ways, and the mesh is intact
             c.rpc(b, hermes.publish, topic, "after")
             for n in (a, b):

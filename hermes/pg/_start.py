@@ -13,7 +13,7 @@ from multiprocessing import AuthenticationError
 from typing import Any
 
 from .._config import NodeConfig, parse_address
-from .._errors import HermesError
+from .._errors import HermesError, NameInUse
 from ..mesh import of as dist_of
 from ..runtime.lowlevel import Node
 from ._client import ServiceClient
@@ -72,6 +72,7 @@ async def start(node: Node, config: NodeConfig) -> PgService:
         dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name))
         return PgService(node, None)
     await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl)
+    await _claim_name(node, address, dist.cookie, config.connect_timeout)
     loop = node.loop
 
     def on_event(kind: str, payload: Any) -> None:  # called on the client's threads
@@ -130,13 +131,30 @@ def _node_down(node: Node, wiring: Wiring, name: str, creation: int, lost: bool)
     scope.visibility_changed(name, was)
 
 
+async def _claim_name(node: Node, service: tuple[str, int], cookie: bytes, timeout: float) -> None:
+    """``NameInUse`` if the directory lists our name at an address where a node
+    still listens. A holder that is dead (killed, its lease not yet run out)
+    refuses the connection: we start at once and our newer creation replaces it.
+    (Two nodes that start with one name at the same instant are settled after
+    registering: see ``_join``.)"""
+    holder = await node.loop.run_in_executor(None, _lookup, service, cookie, node.name)
+    if holder is None:
+        return
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(*holder), min(timeout, 1.0))
+    except (OSError, TimeoutError):
+        return  # nobody listens there any more: the holder is dead
+    writer.close()
+    raise NameInUse(node.name, holder)
+
+
 def _address_of(client: ServiceClient, name: str) -> tuple[str, int] | None:
     entry = client.nodes().get(name)
     return tuple(entry[1]) if entry is not None and entry[1] is not None else None
 
 
 def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, int] | None:
-    """Ask the service where ``name`` listens (blocking, brief: hidden nodes only)."""
+    """Ask the service where ``name`` listens (blocking, brief: hidden nodes, the name check)."""
     try:
         conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup")
     except (HermesError, OSError, AuthenticationError):

@@ -14,7 +14,8 @@ from ._api import (DEFAULT, broadcast_local, child_spec, publish, start, statist
                    system_children, unsubscribe, wait_subscribed)
 from ._pg2 import PGServer
 from ._publisher import RedisPublisher
+from ._subscription import Subscription, subscription
 
-__all__ = ["DEFAULT", "Adapter", "PGServer", "Reconnected", "RedisPublisher", "broadcast_local", "child_spec",
-           "group_of", "instances", "publish", "start", "statistics", "subscribe", "subscribers", "system_children",
-           "unsubscribe", "wait_subscribed"]
+__all__ = ["DEFAULT", "Adapter", "PGServer", "Reconnected", "RedisPublisher", "Subscription", "broadcast_local",
+           "child_spec", "group_of", "instances", "publish", "start", "statistics", "subscribe", "subscribers",
+           "subscription", "system_children", "unsubscribe", "wait_subscribed"]

@@ -15,6 +15,7 @@ If the message must cross nodes and cannot be pickled, ``publish`` raises
 """
 from __future__ import annotations
 
+from threading import get_ident
 from typing import Any
 
 from .. import registry
@@ -29,6 +30,7 @@ DEFAULT = "hermes.pubsub"
 
 def _server(pubsub: str | None) -> Adapter:
     name = pubsub or DEFAULT
+    lowlevel.current_node()  # NoNode, or the thread rule
     try:
         return lowlevel.node_or_none().layers["pubsub"][name]  # type: ignore[union-attr,no-any-return]
     except (AttributeError, KeyError):
@@ -109,6 +111,8 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
         server: Adapter = lowlevel.running.node.layers["pubsub"][pubsub or DEFAULT]  # type: ignore[union-attr]
     except (AttributeError, KeyError):
         server = _server(pubsub)  # raises the right error
+    if server.node.thread != get_ident():  # the thread rule
+        lowlevel.current_node()  # raises, naming Node.submit
     if node is None:
         server.broadcast(topic, msg, exclude)  # raises before anyone, local or remote, got it
     elif node != server.node.name:

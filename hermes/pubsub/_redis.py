@@ -240,9 +240,14 @@ def _notify_reconnected(server: RedisServer) -> None:
     gets one ``Reconnected`` (messages may have been missed meanwhile)."""
     message = Reconnected(server.name)
     for pid in list(server.registry.by_pid):
-        lowlevel.deliver(pid, message)
-    # HOOK (subscriptions, hermes.subscription from the "embed" branch): after the
-    # merge, call ``note_reconnect()`` on this PubSub's subscriptions here.
+        proc = lowlevel.process_of(pid)
+        if proc is None:
+            continue
+        note = getattr(proc, "note_reconnect", None)  # a subscription counts it (``sub.reconnects``)
+        if note is not None:
+            note()
+        else:
+            proc.deliver(message)
 
 
 class _Link:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from threading import get_ident
 from typing import Any, Callable
 
 from .._errors import ActorExited, HermesError, NotInActor
@@ -21,7 +22,10 @@ from ._process import Process, current
 def _caller(what: str) -> Process:
     proc = current.get()
     if proc is None:
-        raise NotInActor(f"{what}() must be called from inside an actor")
+        node_ = _nodemod._node
+        if node_ is not None and node_.thread != get_ident():
+            raise _nodemod.off_loop(node_)
+        raise NotInActor(f"{what}() must be called from inside an actor (a task started inside one is not it)")
     return proc
 
 
@@ -90,14 +94,19 @@ def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, 
     return node_.dist.spawn(node, target, args, kwargs, parent=parent, link=link)
 
 
-def send(dest: Any, msg: Any) -> None:
+def send(dest: Any, msg: Any, *, _ident: Callable[[], int] = get_ident) -> None:
     """Send ``msg`` to a pid, a registered name, or ``(name, node)``. Never raises
     for a dead or unknown destination; ``SerializationError`` if it must cross
     nodes and cannot be pickled."""
     node_ = _nodemod._node
-    if node_ is None:
-        _nodemod.get()
-    node_.send(dest, msg)  # type: ignore[union-attr]
+    if node_ is None or node_.thread != _ident():  # no node, or another thread: raise (a local: cheaper)
+        node_ = _nodemod.get()
+    if type(dest) is Pid:  # Node.send's first case, inline: one call less pays for the thread check
+        proc = node_.procs.get(dest)
+        if proc is not None:
+            proc.deliver(msg)
+            return
+    node_.send(dest, msg)
 
 
 async def receive(match: Callable[[Any], bool] | None = None, timeout: float | None = None) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from threading import get_ident  # the thread rule's check: no syscall (3.11's running-loop lookup makes one)
 import itertools
 import logging
 import socket
@@ -55,6 +56,7 @@ class Node:
         self.name = name
         self.creation = creation
         self.loop = loop
+        self.thread = get_ident()  # the loop's thread: public calls from any other raise (the thread rule)
         self.procs: dict[Pid, Process] = {}
         self.names: dict[str, Pid] = {}
         self.pending: dict[Ref, asyncio.Future[Any]] = {}  # call/rpc ref -> reply future
@@ -416,8 +418,16 @@ running = _Running()
 def get() -> Node:
     node = _node
     if node is None:
-        raise NoNode("no Hermes node is running in this process (use hermes.run)")
+        raise NoNode("no Hermes node is running in this process (use hermes.run or hermes.start)")
+    if node.thread != get_ident():
+        raise off_loop(node)
     return node
+
+
+def off_loop(node: Node) -> HermesError:
+    """The thread rule: the node's state belongs to its loop's thread."""
+    return HermesError(f"a Hermes call was made off node {node.name}'s event loop thread; from another "
+                       "thread, go through the node's handle: node.submit(fn, *args)")
 
 
 def set_node(node: Node | None) -> None:

@@ -26,29 +26,26 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from .._errors import NoNode
 from . import _node
 from ._actor import Actor, Call, Cast
 from ._api import rpc_body
 from ._node import Distribution, Node, default_host, running
 from ._process import ActorProcess, Process, TaskProcess, current
+from ._tasks import install as install_task_factory, uninstall as uninstall_task_factory
 
 T = TypeVar("T")
 
 __all__ = [
     "Actor", "ActorProcess", "Call", "Cast", "Distribution", "Node", "Process", "TaskProcess",
     "add_exit_hook", "current", "current_node", "current_process", "default_host", "deliver", "deliver_now",
-    "layer_state", "node_or_none", "process_of", "process_of_actor", "remove_exit_hook", "rpc_body",
-    "running", "set_current_node",
+    "install_task_factory", "layer_state", "node_or_none", "process_of", "process_of_actor", "remove_exit_hook",
+    "rpc_body", "running", "set_current_node", "uninstall_task_factory",
 ]
 
 
 def current_node() -> Node:
     """The node of this process; ``NoNode`` if none runs."""
-    node = _node._node
-    if node is None:
-        raise NoNode("no Hermes node is running in this process (use hermes.run or hermes.start)")
-    return node
+    return _node.get()  # NoNode, or HermesError off the node's loop thread
 
 
 def node_or_none() -> Node | None:

@@ -280,8 +280,9 @@ class Connection(asyncio.Protocol):
     # -- handshake -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Any stream transport will do: we use write, is_closing, close, abort and
+        # get_extra_info. (uvloop's are not asyncio.Transport subclasses.)
+        self._transport = transport  # type: ignore[assignment]
         self._address = _format_address(transport.get_extra_info("peername"))
         _set_nodelay(transport)
         assert self._handshake is not None
