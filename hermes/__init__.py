@@ -14,6 +14,8 @@ from .runtime import (NOREPLY, Actor, Down, Exit, NodeDown, NodeUp, Pid, Ref, Su
                       connect, demonitor, disconnect, exit, link, monitor, monitor_node, monitor_nodes, node, nodes,
                       receive, register, reply, rpc, self, send, spawn, trap_exits, unlink, unregister,
                       whereis)
+from .runtime import process_info
+from .mesh import drain, statistics
 
 __all__ = [
     "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NoNode", "NodeDown", "NodeUp", "NotInActor",
@@ -22,5 +24,6 @@ __all__ = [
     "register", "reply", "rpc", "run", "self", "send", "spawn", "trap_exits", "unlink", "unregister",
     "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
     "subscribers",
+    "process_info", "drain", "statistics",
 ]
 __version__ = "0.1.0"

@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -48,12 +49,14 @@ current: contextvars.ContextVar[Process | None] = contextvars.ContextVar("hermes
 
 RUNNING, EXITING, DEAD = 0, 1, 2
 BATCH = 128  # messages per drain turn: throughput vs. fairness between actors
+_clock = time.perf_counter  # read once per handler by drain, for the stall warning
 
 
 class Process:
     __slots__ = (
         "node", "pid", "mailbox", "links", "monitors", "watching", "trap_exit",
         "name", "state", "reason", "parent", "ctx", "waiter", "done", "__weakref__",
+        "limit", "overflow", "dropped", "warned",  # flow control (see _flow.Bounded)
     )
 
     def __init__(self, node: Node, pid: Pid, parent: Pid | None) -> None:
@@ -71,6 +74,10 @@ class Process:
         self.ctx: contextvars.Context | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.done: asyncio.Future[Any] | None = None  # created on demand by waiters
+        self.limit: int | None = None  # mailbox_limit: None is unbounded (and deliver pays nothing)
+        self.overflow = "drop_oldest"
+        self.dropped = 0
+        self.warned = False  # logged as past mailbox_warning, until it falls back below half
 
     # -- messages -------------------------------------------------------------
 
@@ -266,6 +273,8 @@ class ActorProcess(Process):
         mailbox = self.mailbox
         dispatch = actor._hermes_dispatch
         direct = actor._hermes_direct_info
+        stall = self.node.stall_warning
+        started = _clock()
         n = 0
         while mailbox and n < BATCH:
             msg = mailbox.popleft()
@@ -280,6 +289,10 @@ class ActorProcess(Process):
             except BaseException as exc:  # even SystemExit: a handler must not stop the node
                 self.crashed(exc, _where(msg))
                 return
+            now = _clock()
+            if now - started > stall:
+                self.stalled(now - started, msg)
+            started = now
             if coro is not None:  # an async handler: run it, resume draining after
                 self.task = self.node.loop.create_task(self._await(coro, msg), context=self.task_context())
                 return
@@ -307,6 +320,11 @@ class ActorProcess(Process):
             if self.mailbox:
                 self.scheduled = True
                 self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+
+    def stalled(self, seconds: float, msg: Any) -> None:
+        """A handler held the loop longer than the node's ``stall_warning``."""
+        log.warning("actor %s (%s) on %s held the loop for %.3f s in %s", self.pid, self.kind, self.node.name,
+                    seconds, _where(msg))
 
     def finalize(self) -> None:
         super().finalize()
