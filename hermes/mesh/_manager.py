@@ -42,7 +42,6 @@ DELIBERATE_CLOSES = ("disconnect", "disconnected by peer", "node stopping", "dup
                      "replaced by a new incarnation")
 STALL = 1.0  # seconds: a loop that could not run this long was frozen, not its peers
 EXIT_SIGNALS = ("exit", "link_exit", "down")  # frames whose last item is an exit reason
-BACKLOG_HIGH = 1_000_000  # messages queued on this node past which the links that feed them stop being read
 REMOTE_SPAWN_BASE = 1 << 40  # ids chosen by a spawning peer: never clash with the local counter
 
 
@@ -415,31 +414,34 @@ class Distribution:
 
     def _backlog(self, queued: int) -> None:
         """The node's mailboxes hold ``queued`` messages (told by its periodic scan).
-        Above BACKLOG_HIGH, stop reading the links that fed most of what arrived
-        since the last scan, so the senders' link buffers take the pressure instead
-        of our memory; calls and replies on the other links keep flowing. The
-        proxy: a link's frames since the last scan, as the runtime cannot say which
-        link fed which mailbox without a cost on every delivery."""
+        Above the high-water mark (the node's ``mailbox_warning``: what it already
+        calls too many queued), stop reading the links that fed a quarter or more
+        of what arrived since the last scan, so the senders' link buffers take the
+        pressure instead of our memory; calls and replies on the other links keep
+        flowing. Reading resumes below half the mark. The proxy (a link's frames
+        since the last scan) stands for "the mailboxes it fed", which the runtime
+        cannot track without a cost on every delivery."""
+        high = self.node.config.mailbox_warning if self.node.config is not None else 100_000
         seen, self._frames_seen = self._frames_seen, {}
         fed: dict[Connection, int] = {}
         for conn in self.conns.values():
             frames = conn.statistics().frames_in
             self._frames_seen[conn] = frames
             fed[conn] = frames - seen.get(conn, 0)
-        if queued < BACKLOG_HIGH // 2:
+        if queued < high // 2:
             for conn in self.conns.values():
                 if conn.reading_paused:
                     log.info("node %s resumes reading %s: %d messages queued", self.node.name, conn.peer.name,
                              queued)
                     conn.resume_reading()
             return
-        if queued <= BACKLOG_HIGH:
+        if queued <= high:
             return
         total = sum(fed.values())
         for conn, frames in fed.items():
             if total and frames * 4 >= total and not conn.reading_paused:
                 log.warning("node %s stops reading %s: %d messages queued in its mailboxes (high-water %d)",
-                            self.node.name, conn.peer.name, queued, BACKLOG_HIGH)
+                            self.node.name, conn.peer.name, queued, high)
                 conn.pause_reading()
 
     def frame_received(self, conn: Connection, frame: Any) -> None:

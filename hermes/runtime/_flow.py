@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hermes.runtime")
 
 OVERFLOWS = ("drop_oldest", "drop_newest", "exit")
-SCAN_INTERVAL = 1.0  # seconds between two scans of the process table for the mailbox warning
+SCAN_INTERVAL = 0.5  # seconds between two scans of the process table for the mailbox warning
 TOP = 10  # actors listed by statistics(), deepest mailboxes first
 _NEVER_DROPPED = frozenset({Call, Exit, Down, NodeDown, NodeUp})
 
