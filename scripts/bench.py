@@ -113,6 +113,8 @@ ROWS = [
         "pickled message size", "<= 1.1x", lambda h, b: _ratio(h, b) <= 1.1, 60),
     Row("service_churn", 4, "service", "pg service: 50 nodes x 1,000 groups churn, worst lag", "s", "",
         "< 1 s", lambda h, b: h < 1.0, 240),
+    Row("drain_publish", 11, "pair", "publish to 1 remote subscriber, drain() every 1,000", "rate",
+        "same, no drain", ">= 0.8x", lambda h, b: _ratio(h, b) >= 0.8, 120),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -339,6 +341,19 @@ async def publish_rate(topic: Any, count: int, expect: dict[str, int], msg: Any 
     for _ in expect:
         await receive(timeout=60)
     return sum(expect.values()) / (time.perf_counter() - t0)
+
+
+async def publish_rate_drained(topic: Any, count: int, peer: str, msg: Any = 42, every: int = 1000) -> float:
+    """As ``publish_rate`` to one remote node, with ``await drain(peer)`` every ``every`` publishes."""
+    me = self()
+    await rpc(peer, arm_tally, topic, count, me)
+    t0 = time.perf_counter()
+    for start in range(0, count, every):
+        for _ in range(min(every, count - start)):
+            publish(topic, msg)
+        await hermes.drain(peer)
+    await receive(timeout=60)
+    return count / (time.perf_counter() - t0)
 
 
 async def publish_bytes(topic: Any, peer: str, subscribers: int, count: int, size: int) -> tuple[float, int]:
@@ -921,8 +936,17 @@ def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
         c.rpc(b, kill_all, pids)
         return written, pickled, f"{count} publishes of 20,000 random bytes; ratio to the pickled message"
 
+    def drain_publish() -> Any:
+        n = settings.n(300_000, 100_000)
+        topic = "bench.drain"
+        sub = c.rpc(b, spawn_actor, Subscriber, topic)
+        h, base = interleaved(pair_reps, lambda: c.rpc(a, publish_rate_drained, topic, n, b, timeout=60),
+                              lambda: c.rpc(a, publish_rate, topic, n, {b: n}, 42, 1000, timeout=60), True)
+        c.rpc(b, kill_all, [sub])
+        return h, base, f"{n:,} publishes; the baseline is remote_publish's own loop"
+
     return {"cross_send": cross_send, "cross_call": cross_call, "hostile_peers": hostile,
-            "remote_publish": remote_publish, "publish_bytes": bytes_per_publish}
+            "remote_publish": remote_publish, "publish_bytes": bytes_per_publish, "drain_publish": drain_publish}
 
 
 def trio_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:

@@ -135,10 +135,15 @@ def test_function_actor_bounded_by_spawn_options() -> None:
         pid = hermes.spawn(slow, ready, mailbox_limit=4, overflow="drop_oldest")
         _fill(pid, 20)
         info = hermes.process_info(pid)
-        return info
+        ready.set()
+        hermes.send(pid, "stop")  # a 5th message: the oldest queued (16) gives way
+        ref = hermes.monitor(pid)
+        await hermes.receive(lambda m: isinstance(m, hermes.Down) and m.ref == ref, timeout=5.0)
+        return info, hermes.process_info(pid)
 
-    info = run_node(main)
+    info, after = run_node(main)
     assert (info["mailbox"], info["dropped"], info["name"]) == (4, 16, None)
+    assert after is None
 
 
 @pytest.mark.parametrize("options, exc, words", [
@@ -198,7 +203,6 @@ def test_stall_warning_names_actor_and_handler(caplog: pytest.LogCaptureFixture)
         pid = hermes.spawn(Blocking)
         hermes.send(pid, "fast")
         hermes.send(pid, "block")
-        await hermes.call(pid, "ping") if False else None
         await wait_until(lambda: hermes.process_info(pid)["mailbox"] == 0 and
                          hermes.process_info(pid)["status"] == "waiting")
         return str(pid)

@@ -186,8 +186,6 @@ def test_slow_remote_consumer_bounds_memory_on_both_nodes(make_cluster: Callable
                    timeout=60)
     sub_peak = c.rpc(sub, rss)
     overloaded = "overloaded" in c.output(pub)
-    print(consumer.__name__, {k: v for k, v in result.items() if k != "latencies"}, sub_peak - sub_base,
-          p99(result["latencies"]) if result["latencies"] else None)
     assert result["peak"] - result["base"] <= LINK + 64 * MB
     assert sub_peak - sub_base <= 64 * MB
     assert overloaded == result["down"]  # the link closes only as overloaded
@@ -257,7 +255,6 @@ def test_drain_paces_a_publisher_to_its_consumer(make_cluster: Callable[..., her
     assert sub_peak - sub_base <= 64 * MB
     # at the consumer's pace: what it has not handled yet is what the high-water mark lets queue
     handled, dropped, queued = c.rpc(sub, slow_counts, slow, timeout=40)
-    print("drain:", result["sent"], handled, dropped, queued, (result["base"], result["peak"]), (sub_base, sub_peak))
     assert dropped == 0
     assert result["sent"] - handled <= 5_000 * 2 + 100_000  # queued + in both nodes' socket and link buffers
     assert c.rpc(sub, links)[pub]["reading_paused"] or queued < 10_000
