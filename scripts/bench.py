@@ -113,6 +113,10 @@ ROWS = [
         "pickled message size", "<= 1.1x", lambda h, b: _ratio(h, b) <= 1.1, 60),
     Row("service_churn", 4, "service", "pg service: 50 nodes x 1,000 groups churn, worst lag", "s", "",
         "< 1 s", lambda h, b: h < 1.0, 240),
+    Row("flow_send", 11, "local", "local send -> handle_info, this drain", "rate",
+        "same, the drain before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 90),
+    Row("flow_publish", 11, "local", "local publish to 10 subscribers, this drain", "rate",
+        "same, the drain before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 90),
     Row("drain_publish", 11, "pair", "publish to 1 remote subscriber, drain() every 1,000", "rate",
         "same, no drain", ">= 0.8x", lambda h, b: _ratio(h, b) >= 0.8, 120),
 ]
@@ -850,6 +854,91 @@ async def local_rows(rows: list[str], settings: Settings, out: Callable[[dict[st
     await guarded("local_call", local_call)
     await guarded("spawn", spawn_seconds)
     await guarded("actor_memory", actor_memory)
+
+    async def flow_send() -> Any:
+        n = settings.n(500_000, 200_000)
+        sink = spawn(Sink)
+        h, b = await alternated(reps * 2, lambda: send_rate(sink, n), lambda: with_old_drain(send_rate(sink, n)))
+        exit(sink, "kill")
+        return h, b, f"{n:,} msgs; same sink, same run, only ActorProcess.drain swapped"
+
+    async def flow_publish() -> Any:
+        n = settings.n(50_000, 20_000)
+        topic = "bench.flow"
+        subs = spawn_many(Subscriber, 10, topic)
+        me = node()
+        h, b = await alternated(reps * 2, lambda: publish_rate(topic, n, {me: n * 10}, 42, 100),
+                                lambda: with_old_drain(publish_rate(topic, n, {me: n * 10}, 42, 100)))
+        kill_all(subs)
+        return h, b, f"{n:,} publishes x 10 local subscribers; only ActorProcess.drain swapped"
+
+    await guarded("flow_send", flow_send)
+    await guarded("flow_publish", flow_publish)
+
+
+async def alternated(reps: int, hermes_fn: Callable[[], Any], baseline_fn: Callable[[], Any]) -> tuple[float, float]:
+    """Best rate of each, the order swapped every rep: within one process the second
+    of a pair runs measurably faster (a warm heap), which would favour one side."""
+    h, b = [], []
+    for rep in range(reps):
+        if rep % 2:
+            b.append(await baseline_fn())
+            h.append(await hermes_fn())
+        else:
+            h.append(await hermes_fn())
+            b.append(await baseline_fn())
+    return max(h), max(b)
+
+
+async def with_old_drain(measure: Any) -> Any:
+    """Await ``measure`` with ``ActorProcess.drain`` as it was before issue 11
+    (no stall timing): the same-run baseline of the flow-control rows."""
+    from hermes.runtime import _process
+
+    new = _process.ActorProcess.drain
+    _process.ActorProcess.drain = _drain_before_flow  # type: ignore[method-assign]
+    try:
+        return await measure
+    finally:
+        _process.ActorProcess.drain = new  # type: ignore[method-assign]
+
+
+def _drain_before_flow(self: Any) -> None:
+    """``ActorProcess.drain`` of commit c2d6515, verbatim."""
+    from hermes.runtime._actor import Call, Cast
+    from hermes.runtime._process import BATCH, RUNNING, _where, current
+
+    if self.state != RUNNING:
+        return
+    current.set(self)
+    actor = self.actor
+    assert actor is not None
+    mailbox = self.mailbox
+    dispatch = actor._hermes_dispatch
+    direct = actor._hermes_direct_info
+    n = 0
+    while mailbox and n < BATCH:
+        msg = mailbox.popleft()
+        n += 1
+        try:
+            kind = type(msg)
+            if direct and kind is not Call and kind is not Cast:
+                actor.handle_info(msg)
+                coro = None
+            else:
+                coro = dispatch(actor, msg)
+        except BaseException as exc:
+            self.crashed(exc, _where(msg))
+            return
+        if coro is not None:
+            self.task = self.node.loop.create_task(self._await(coro, msg), context=self.task_context())
+            return
+        if self.state != RUNNING:
+            return
+    if mailbox:
+        self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+    else:
+        self.scheduled = False
 
 
 async def _kill_and_settle(pids: list[Any]) -> None:

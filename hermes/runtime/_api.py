@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .._errors import ActorExited, HermesError, NotInActor
 from . import _node as _nodemod
 from ._actor import Call, Cast
-from ._flow import check_options as check_flow_options
+from ._flow import options_of as flow_options_of
 from ._flow import process_info as _process_info
 from ._messages import Down
 from ._pid import Pid, Ref
@@ -93,7 +93,7 @@ def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, 
         return node_.spawn(target, args, kwargs, parent=parent, link=link)
     if node_.dist is None:
         raise HermesError(f"cannot spawn on {node}: this node is not distributed")
-    check_flow_options(kwargs.get("mailbox_limit"), kwargs.get("overflow", "drop_oldest"))  # before it leaves
+    flow_options_of(target, dict(kwargs))  # ValueError/TypeError before anything leaves the node
     return node_.dist.spawn(node, target, args, kwargs, parent=parent, link=link)
 
 
