@@ -117,6 +117,8 @@ ROWS = [
         "same, the drain before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 90),
     Row("flow_publish", 11, "local", "local publish to 10 subscribers, this drain", "rate",
         "same, the drain before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 90),
+    Row("flow_remote_publish", 11, "pair", "publish to 1 remote subscriber, this send_payload", "rate",
+        "same, send_payload before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 150),
     Row("drain_publish", 11, "pair", "publish to 1 remote subscriber, drain() every 1,000", "rate",
         "same, no drain", ">= 0.8x", lambda h, b: _ratio(h, b) >= 0.8, 120),
 ]
@@ -903,6 +905,39 @@ async def with_old_drain(measure: Any) -> Any:
         _process.ActorProcess.drain = new  # type: ignore[method-assign]
 
 
+_NEW_SEND_PAYLOAD: Any = None
+
+
+def use_old_send_payload(old: bool) -> None:
+    """On a node: ``Connection.send_payload`` as before issue 11 (no link-buffer check), or back."""
+    global _NEW_SEND_PAYLOAD
+    from hermes.transport import Connection
+
+    if _NEW_SEND_PAYLOAD is None:
+        _NEW_SEND_PAYLOAD = Connection.send_payload
+    Connection.send_payload = _send_payload_before_flow if old else _NEW_SEND_PAYLOAD  # type: ignore[method-assign]
+
+
+def _send_payload_before_flow(self: Any, payload: Any) -> None:
+    """``Connection.send_payload`` of commit c2d6515, verbatim."""
+    from hermes.transport._connection import _pack
+
+    size = len(payload)
+    if not 0 < size <= self._max_frame:
+        raise ValueError(f"payload of {size} bytes (must be 1..{self._max_frame})")
+    if self.closed:
+        return
+    wbuf = self._wbuf
+    wbuf += _pack(size)
+    wbuf += payload
+    self._pending_frames += 1
+    if not self._flush_scheduled and self.authenticated:
+        self._flush_scheduled = True
+        if not self._paused and not self._streaming:
+            self._write_buffer()
+        self._loop.call_soon(self._flush)
+
+
 def _drain_before_flow(self: Any) -> None:
     """``ActorProcess.drain`` of commit c2d6515, verbatim."""
     from hermes.runtime._actor import Call, Cast
@@ -1034,8 +1069,28 @@ def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
         c.rpc(b, kill_all, [sub])
         return h, base, f"{n:,} publishes; the baseline is remote_publish's own loop"
 
+    def flow_remote_publish() -> Any:
+        n = settings.n(300_000, 100_000)
+        topic = "bench.flowremote"
+        sub = c.rpc(b, spawn_actor, Subscriber, topic)
+
+        def measure(old: bool) -> float:
+            c.rpc(a, use_old_send_payload, old)
+            try:
+                return c.rpc(a, publish_rate, topic, n, {b: n}, 42, 1000, timeout=60)  # type: ignore[no-any-return]
+            finally:
+                c.rpc(a, use_old_send_payload, False)
+
+        h, base = [], []
+        for rep in range(pair_reps + 1):  # order swapped every rep
+            for old in ((False, True) if rep % 2 else (True, False)):
+                (base if old else h).append(measure(old))
+        c.rpc(b, kill_all, [sub])
+        return max(h), max(base), f"{n:,} publishes; only Connection.send_payload swapped on the publisher"
+
     return {"cross_send": cross_send, "cross_call": cross_call, "hostile_peers": hostile,
-            "remote_publish": remote_publish, "publish_bytes": bytes_per_publish, "drain_publish": drain_publish}
+            "remote_publish": remote_publish, "publish_bytes": bytes_per_publish, "drain_publish": drain_publish,
+            "flow_remote_publish": flow_remote_publish}
 
 
 def trio_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:
