@@ -21,6 +21,7 @@ It knows nothing of the network.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -127,8 +128,6 @@ def process_info(proc: Process | None) -> dict[str, Any] | None:
 
 def top_mailboxes(node: Node, n: int = TOP) -> list[dict[str, Any]]:
     """The ``n`` actors with the deepest mailboxes (or that dropped messages)."""
-    import heapq
-
     procs = [p for p in node.procs.values() if p.mailbox or p.dropped]
     deepest = heapq.nlargest(n, procs, key=lambda p: (len(p.mailbox), p.dropped))
     return [{"pid": str(p.pid), "name": p.name, "class": p.describe_kind(), "mailbox": len(p.mailbox),
