@@ -176,7 +176,7 @@ def p99(values: list[float]) -> float:
 @pytest.mark.parametrize("consumer", [SlowSync, SlowAsync])
 def test_slow_remote_consumer_bounds_memory_on_both_nodes(make_cluster: Callable[..., hermes.LocalCluster],
                                                           consumer: type) -> None:
-    c = make_cluster(["pub", "sub"], max_link_buffer=LINK)
+    c = make_cluster(["pub", "sub"], max_link_buffer=4 * LINK)  # room for a loaded machine's hiccups
     pub, sub = c.nodes
     slow = c.rpc(sub, start, consumer)
     echo = c.rpc(sub, start, Echo)
@@ -186,7 +186,7 @@ def test_slow_remote_consumer_bounds_memory_on_both_nodes(make_cluster: Callable
                    timeout=60)
     sub_peak = c.rpc(sub, rss)
     overloaded = "overloaded" in c.output(pub)
-    assert result["peak"] - result["base"] <= LINK + 64 * MB
+    assert result["peak"] - result["base"] <= 4 * LINK + 64 * MB
     assert sub_peak - sub_base <= 64 * MB
     assert overloaded == result["down"]  # the link closes only as overloaded
     if not result["down"]:
