@@ -19,6 +19,8 @@ from ._embed import Node, start
 from ._errors import NameInUse, SlowConsumer
 from ._join import wait_for_nodes
 from .pubsub import Subscription, subscription
+from .runtime import process_info
+from .mesh import drain, statistics
 
 __all__ = [
     "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NoNode", "NodeDown", "NodeUp", "NotInActor",
@@ -29,6 +31,7 @@ __all__ = [
     "subscribers",
     "presence",
     "start", "Node", "subscription", "Subscription", "wait_for_nodes", "NameInUse", "SlowConsumer",
+    "process_info", "drain", "statistics",
 ]
 from .pubsub import RedisPublisher  # noqa: E402
 __all__ += ["RedisPublisher"]

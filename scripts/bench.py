@@ -127,6 +127,14 @@ ROWS = [
         ">= 0.97x", lambda h, b: _ratio(h, b) >= 0.97, 90),
     Row("publish_check", 10, "local", "publish to 10 local subscribers, thread check", "rate",
         "publish as before the check", ">= 0.97x", lambda h, b: _ratio(h, b) >= 0.97, 90),
+    Row("flow_send", 11, "local", "local send -> handle_info per CPU s, this drain", "rate",
+        "same, the drain before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 90),
+    Row("flow_publish", 11, "local", "local publish, 10 subs, per CPU s, this drain", "rate",
+        "same, the drain before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 90),
+    Row("flow_remote_publish", 11, "pair", "publish to 1 remote subscriber, this send_payload", "rate",
+        "same, send_payload before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 150),
+    Row("drain_publish", 11, "pair", "publish to 1 remote subscriber, drain() every 1,000", "rate",
+        "same, no drain", ">= 0.8x", lambda h, b: _ratio(h, b) >= 0.8, 120),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -335,23 +343,20 @@ def _send_before(dest: Any, msg: Any) -> None:
 
 def _publish_before(topic: Any, msg: Any, *, exclude: Any = None, node: str | None = None,
                     pubsub: str | None = None) -> None:
-    """``hermes.publish`` as it was before the thread rule (the baseline of publish_check)."""
-    from hermes.pubsub import _pg2
-    from hermes.transport import dumps
+    """``hermes.publish`` without the thread rule (the baseline of publish_check)."""
+    from hermes.pubsub import _api
 
     try:
-        server = _pg2.lowlevel.node_or_none().layers["pubsub"][pubsub or _pg2.DEFAULT]  # type: ignore[union-attr]
+        server = _api.lowlevel.running.node.layers["pubsub"][pubsub or _api.DEFAULT]  # type: ignore[union-attr]
     except (AttributeError, KeyError):
-        server = _pg2._server(pubsub)
-    remote = server._remote if server._generation == server.pg.generation else server.remote_connections()
-    if node is not None:
-        remote = tuple(conn for conn in remote if conn.peer.name == node)
-    if remote:
-        payload = dumps(("f", server.name, topic, msg, exclude))
-        for conn in remote:
-            conn.send_payload(payload)
-    if (node is None or node == server.node.name) and topic in server.registry.table:
-        _pg2._fan_out(server.registry, topic, msg, exclude)
+        server = _api._server(pubsub)
+    if node is None:
+        server.broadcast(topic, msg, exclude)
+    elif node != server.node.name:
+        server.direct_broadcast(node, topic, msg, exclude)
+        return
+    if topic in server.registry.table:
+        _api.fan_out(server.registry, topic, msg, exclude)
 
 
 async def alternated(reps: int, hermes_fn: Callable[[], Any], baseline_fn: Callable[[], Any]) -> tuple[float, float]:
@@ -423,6 +428,19 @@ async def publish_rate(topic: Any, count: int, expect: dict[str, int], msg: Any 
     for _ in expect:
         await receive(timeout=60)
     return sum(expect.values()) / (time.perf_counter() - t0)
+
+
+async def publish_rate_drained(topic: Any, count: int, peer: str, msg: Any = 42, every: int = 1000) -> float:
+    """As ``publish_rate`` to one remote node, with ``await drain(peer)`` every ``every`` publishes."""
+    me = self()
+    await rpc(peer, arm_tally, topic, count, me)
+    t0 = time.perf_counter()
+    for start in range(0, count, every):
+        for _ in range(min(every, count - start)):
+            publish(topic, msg)
+        await hermes.drain(peer)
+    await receive(timeout=60)
+    return count / (time.perf_counter() - t0)
 
 
 async def publish_bytes(topic: Any, peer: str, subscribers: int, count: int, size: int) -> tuple[float, int]:
@@ -937,6 +955,121 @@ async def local_rows(rows: list[str], settings: Settings, out: Callable[[dict[st
     await guarded("spawn", spawn_seconds)
     await guarded("actor_memory", actor_memory)
 
+    async def flow_send() -> Any:
+        n = settings.n(500_000, 200_000)
+        sink = spawn(Sink)
+        h, b = await alternated(reps * 3, lambda: cpu_rate(n, send_rate(sink, n)),
+                                lambda: cpu_rate(n, with_old_drain(send_rate(sink, n))))
+        exit(sink, "kill")
+        return h, b, f"{n:,} msgs per CPU second of this process; only ActorProcess.drain swapped"
+
+    async def flow_publish() -> Any:
+        n = settings.n(50_000, 20_000)
+        topic = "bench.flow"
+        subs = spawn_many(Subscriber, 10, topic)
+        me = node()
+        h, b = await alternated(reps * 3, lambda: cpu_rate(n * 10, publish_rate(topic, n, {me: n * 10}, 42, 100)),
+                                lambda: cpu_rate(n * 10, with_old_drain(publish_rate(topic, n, {me: n * 10}, 42,
+                                                                                      100))))
+        kill_all(subs)
+        return h, b, f"{n:,} publishes x 10 local subscribers, deliveries per CPU second; only drain swapped"
+
+    await guarded("flow_send", flow_send)
+    await guarded("flow_publish", flow_publish)
+
+
+async def cpu_rate(count: int, measure: Any) -> float:
+    """``count`` per CPU second of this process while awaiting ``measure``: on a
+    machine shared with other loads, wall-clock rates of one process swing 2x
+    from rep to rep; its own CPU time shows what the code costs."""
+    t0 = time.process_time()
+    await measure
+    return count / (time.process_time() - t0)
+
+
+async def with_old_drain(measure: Any) -> Any:
+    """Await ``measure`` with ``ActorProcess.drain`` as it was before issue 11
+    (no stall timing): the same-run baseline of the flow-control rows."""
+    from hermes.runtime import _process
+
+    new = _process.ActorProcess.drain
+    _process.ActorProcess.drain = _drain_before_flow  # type: ignore[method-assign]
+    try:
+        return await measure
+    finally:
+        _process.ActorProcess.drain = new  # type: ignore[method-assign]
+
+
+_NEW_SEND_PAYLOAD: Any = None
+
+
+def use_old_send_payload(old: bool) -> None:
+    """On a node: ``Connection.send_payload`` as before issue 11 (no link-buffer check), or back."""
+    global _NEW_SEND_PAYLOAD
+    from hermes.transport import Connection
+
+    if _NEW_SEND_PAYLOAD is None:
+        _NEW_SEND_PAYLOAD = Connection.send_payload
+    Connection.send_payload = _send_payload_before_flow if old else _NEW_SEND_PAYLOAD  # type: ignore[method-assign]
+
+
+def _send_payload_before_flow(self: Any, payload: Any) -> None:
+    """``Connection.send_payload`` of commit c2d6515, verbatim."""
+    from hermes.transport._connection import _pack
+
+    size = len(payload)
+    if not 0 < size <= self._max_frame:
+        raise ValueError(f"payload of {size} bytes (must be 1..{self._max_frame})")
+    if self.closed:
+        return
+    wbuf = self._wbuf
+    wbuf += _pack(size)
+    wbuf += payload
+    self._pending_frames += 1
+    if not self._flush_scheduled and self.authenticated:
+        self._flush_scheduled = True
+        if not self._paused and not self._streaming:
+            self._write_buffer()
+        self._loop.call_soon(self._flush)
+
+
+def _drain_before_flow(self: Any) -> None:
+    """``ActorProcess.drain`` of commit c2d6515, verbatim."""
+    from hermes.runtime._actor import Call, Cast
+    from hermes.runtime._process import BATCH, RUNNING, _where, current
+
+    if self.state != RUNNING:
+        return
+    current.set(self)
+    actor = self.actor
+    assert actor is not None
+    mailbox = self.mailbox
+    dispatch = actor._hermes_dispatch
+    direct = actor._hermes_direct_info
+    n = 0
+    while mailbox and n < BATCH:
+        msg = mailbox.popleft()
+        n += 1
+        try:
+            kind = type(msg)
+            if direct and kind is not Call and kind is not Cast:
+                actor.handle_info(msg)
+                coro = None
+            else:
+                coro = dispatch(actor, msg)
+        except BaseException as exc:
+            self.crashed(exc, _where(msg))
+            return
+        if coro is not None:
+            self.task = self.node.loop.create_task(self._await(coro, msg), context=self.task_context())
+            return
+        if self.state != RUNNING:
+            return
+    if mailbox:
+        self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+    else:
+        self.scheduled = False
+
 
 async def _kill_and_settle(pids: list[Any]) -> None:
     before = len(_nodemod.get().procs)
@@ -1022,8 +1155,37 @@ def pair_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
         c.rpc(b, kill_all, pids)
         return written, pickled, f"{count} publishes of 20,000 random bytes; ratio to the pickled message"
 
+    def drain_publish() -> Any:
+        n = settings.n(300_000, 100_000)
+        topic = "bench.drain"
+        sub = c.rpc(b, spawn_actor, Subscriber, topic)
+        h, base = interleaved(pair_reps, lambda: c.rpc(a, publish_rate_drained, topic, n, b, timeout=60),
+                              lambda: c.rpc(a, publish_rate, topic, n, {b: n}, 42, 1000, timeout=60), True)
+        c.rpc(b, kill_all, [sub])
+        return h, base, f"{n:,} publishes; the baseline is remote_publish's own loop"
+
+    def flow_remote_publish() -> Any:
+        n = settings.n(300_000, 100_000)
+        topic = "bench.flowremote"
+        sub = c.rpc(b, spawn_actor, Subscriber, topic)
+
+        def measure(old: bool) -> float:
+            c.rpc(a, use_old_send_payload, old)
+            try:
+                return c.rpc(a, publish_rate, topic, n, {b: n}, 42, 1000, timeout=60)  # type: ignore[no-any-return]
+            finally:
+                c.rpc(a, use_old_send_payload, False)
+
+        h, base = [], []
+        for rep in range(pair_reps + 1):  # order swapped every rep
+            for old in ((False, True) if rep % 2 else (True, False)):
+                (base if old else h).append(measure(old))
+        c.rpc(b, kill_all, [sub])
+        return max(h), max(base), f"{n:,} publishes; only Connection.send_payload swapped on the publisher"
+
     return {"cross_send": cross_send, "cross_call": cross_call, "hostile_peers": hostile,
-            "remote_publish": remote_publish, "publish_bytes": bytes_per_publish}
+            "remote_publish": remote_publish, "publish_bytes": bytes_per_publish, "drain_publish": drain_publish,
+            "flow_remote_publish": flow_remote_publish}
 
 
 def trio_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:

@@ -15,6 +15,6 @@ It knows nothing of registries, process groups or pubsub.
 """
 from __future__ import annotations
 
-from ._manager import Distribution, is_loopback, of, parse_address, portable_reason, start
+from ._manager import Distribution, drain, is_loopback, of, parse_address, portable_reason, start, statistics
 
-__all__ = ["Distribution", "is_loopback", "of", "parse_address", "portable_reason", "start"]
+__all__ = ["Distribution", "drain", "is_loopback", "of", "parse_address", "portable_reason", "start", "statistics"]

@@ -144,7 +144,7 @@ def _on_spawn(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> N
         return
     try:
         node.spawn(target, args, kwargs, parent=None, link=False, pid=pid, remote_link=link_from)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ValueError: a bad mailbox_limit/overflow of the class
         log.error("remote spawn from %s failed: %s", conn.peer.name, exc)
         if link_from is not None:
             node.route_exit(link_from, pid, exc)

@@ -49,8 +49,10 @@ class Distribution:
     """This node's side of the mesh (``node.dist``)."""
 
     def __init__(self, node: Node, cookie: bytes, *, hidden: bool = False, tick_interval: float = 1.0,
-                 max_frame: int = 64 * 2**20, connect_timeout: float = 5.0) -> None:
+                 max_frame: int = 64 * 2**20, connect_timeout: float = 5.0,
+                 max_link_buffer: int = 64 * 2**20) -> None:
         self.node = node
+        self.max_link_buffer = max_link_buffer
         self.cookie = cookie
         self.hidden = hidden
         self.tick_interval = tick_interval
@@ -71,6 +73,8 @@ class Distribution:
         self._beat = node.loop.time()
         self._stalled_at = float("-inf")
         self._heartbeat = node.loop.call_later(STALL / 4, self._check_stall)
+        self._frames_seen: dict[Connection, int] = {}  # frames_in at the last backlog scan
+        node.backlog_listeners.append(self._backlog)
 
     def _check_stall(self) -> None:
         now = self.node.loop.time()
@@ -96,6 +100,8 @@ class Distribution:
 
     async def stop(self) -> None:
         self._heartbeat.cancel()
+        if self._backlog in self.node.backlog_listeners:
+            self.node.backlog_listeners.remove(self._backlog)
         if self.server is not None:
             self.server.close()
         for conn in list(self.conns.values()):
@@ -356,6 +362,7 @@ class Distribution:
         return True
 
     def connection_established(self, conn: Connection) -> None:
+        conn.set_link_limit(self.max_link_buffer)
         peer = conn.peer
         old = self.conns.get(peer.name)
         if old is not None and old is not conn:
@@ -386,6 +393,57 @@ class Distribution:
         for listener in self.down_listeners:
             listener(peer.name, peer.creation, lost)
 
+    # -- flow control ----------------------------------------------------------
+
+    def link_statistics(self) -> dict[str, dict[str, Any]]:
+        """Per peer: bytes queued on the link (ours + the transport's), whether
+        the transport asked us to stop writing, whether we stopped reading."""
+        return {name: {"queued_bytes": conn.queued_bytes(), "paused": conn.statistics().paused,
+                       "reading_paused": conn.reading_paused, "max_link_buffer": self.max_link_buffer}
+                for name, conn in self.conns.items()}
+
+    async def drain(self, name: str | None = None) -> None:
+        """Until the link to ``name`` (each link if None) is below its low-water mark."""
+        if name is not None:
+            conn = self.conns.get(name)
+            if conn is not None:
+                await conn.drain()
+            return
+        for conn in list(self.conns.values()):
+            await conn.drain()
+
+    def _backlog(self, queued: int) -> None:
+        """The node's mailboxes hold ``queued`` messages (told by its periodic scan).
+        Above the high-water mark (the node's ``mailbox_warning``: what it already
+        calls too many queued), stop reading the links that fed a quarter or more
+        of what arrived since the last scan, so the senders' link buffers take the
+        pressure instead of our memory; calls and replies on the other links keep
+        flowing. Reading resumes below half the mark. The proxy (a link's frames
+        since the last scan) stands for "the mailboxes it fed", which the runtime
+        cannot track without a cost on every delivery."""
+        high = self.node.config.mailbox_warning if self.node.config is not None else 100_000
+        seen, self._frames_seen = self._frames_seen, {}
+        fed: dict[Connection, int] = {}
+        for conn in self.conns.values():
+            frames = conn.statistics().frames_in
+            self._frames_seen[conn] = frames
+            fed[conn] = frames - seen.get(conn, 0)
+        if queued < high // 2:
+            for conn in self.conns.values():
+                if conn.reading_paused:
+                    log.info("node %s resumes reading %s: %d messages queued", self.node.name, conn.peer.name,
+                             queued)
+                    conn.resume_reading()
+            return
+        if queued <= high:
+            return
+        total = sum(fed.values())
+        for conn, frames in fed.items():
+            if total and frames * 4 >= total and not conn.reading_paused:
+                log.warning("node %s stops reading %s: %d messages queued in its mailboxes (high-water %d)",
+                            self.node.name, conn.peer.name, queued, high)
+                conn.pause_reading()
+
     def frame_received(self, conn: Connection, frame: Any) -> None:
         try:
             handler = self.handlers[frame[0]]
@@ -401,6 +459,37 @@ def of(node: Node) -> Distribution | None:
     """``node.dist`` as this module's ``Distribution``, for the layers above
     (pg, pubsub, the cluster tools): the runtime sees only its own protocol."""
     return cast("Distribution | None", node.dist)
+
+
+async def drain(node: str | None = None, *, timeout: float | None = None) -> None:
+    """Wait until the link to ``node`` (every link if None) is below its low-water
+    mark: cooperative backpressure for a fast publisher, like ``StreamWriter.drain``.
+    ``TimeoutError`` after ``timeout`` seconds. Returns at once for an unknown or
+    unconnected node, or on a node without distribution."""
+    from ..runtime.lowlevel import current_node
+
+    if node is not None and not isinstance(node, str):
+        raise TypeError(f"drain(node=) takes a node name or None, not {type(node).__name__}")
+    dist = of(current_node())
+    if dist is None:
+        return
+    if timeout is None:
+        await dist.drain(node)
+    else:
+        await asyncio.wait_for(dist.drain(node), timeout)
+
+
+def statistics() -> dict[str, Any]:
+    """This node's statistics: ``Node.statistics()`` (processes, queued messages,
+    the deepest mailboxes and dropped counts) plus ``"links"``, per peer: the
+    bytes queued on the link and whether it is paused either way."""
+    from ..runtime.lowlevel import current_node
+
+    node = current_node()
+    stats = node.statistics()
+    dist = of(node)
+    stats["links"] = dist.link_statistics() if dist is not None else {}
+    return stats
 
 
 def portable_reason(reason: Any) -> Any:
@@ -434,7 +523,8 @@ async def start(node: Node, config: NodeConfig) -> Distribution:
         raise HermesError(f"refusing to listen on {host} with a cookie made up just now: other machines "
                           "cannot know it. Pass cookie=, set HERMES_COOKIE or write ~/.hermes/cookie.")
     dist = Distribution(node, resolved.value, hidden=hidden, tick_interval=config.tick_interval,
-                        max_frame=config.max_frame, connect_timeout=config.connect_timeout)
+                        max_frame=config.max_frame, connect_timeout=config.connect_timeout,
+                        max_link_buffer=config.max_link_buffer)
     node.dist = dist
     if listen:
         await dist.listen(host, port)
@@ -445,4 +535,4 @@ async def start(node: Node, config: NodeConfig) -> Distribution:
     return dist
 
 
-__all__ = ["Distribution", "start"]
+__all__ = ["Distribution", "drain", "start", "statistics"]

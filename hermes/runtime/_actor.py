@@ -71,6 +71,8 @@ class Actor:
     _hermes_dispatch: Callable[[Actor, Any], Any]
     _hermes_has_terminate: bool = False
     _hermes_direct_info: bool = True  # handle_info is synchronous: the drain calls it itself
+    mailbox_limit: int | None = None  # flow control: None is unbounded, as Erlang (see _flow)
+    overflow: str = "drop_oldest"  # past mailbox_limit: "drop_oldest", "drop_newest" or "exit"
 
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

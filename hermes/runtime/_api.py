@@ -14,6 +14,8 @@ from typing import Any, Callable
 from .._errors import ActorExited, HermesError, NotInActor
 from . import _node as _nodemod
 from ._actor import Call, Cast
+from ._flow import options_of as flow_options_of
+from ._flow import process_info as _process_info
 from ._messages import Down
 from ._pid import Pid, Ref
 from ._process import Process, current
@@ -82,7 +84,11 @@ def monitor_nodes(flag: bool = True) -> None:
 # -- spawning and messages --------------------------------------------------
 
 def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, **kwargs: Any) -> Pid:
-    """Start an actor running ``target`` (an ``Actor`` subclass or an async function)."""
+    """Start an actor running ``target`` (an ``Actor`` subclass or an async function).
+
+    ``node``, ``link``, ``mailbox_limit`` and ``overflow`` are spawn's own
+    keywords (never passed to ``target``): ``mailbox_limit``/``overflow``
+    override the ``Actor`` class attributes of the same names."""
     node_ = _nodemod.get()
     parent = current.get()
     if link and parent is None:
@@ -91,6 +97,7 @@ def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, 
         return node_.spawn(target, args, kwargs, parent=parent, link=link)
     if node_.dist is None:
         raise HermesError(f"cannot spawn on {node}: this node is not distributed")
+    flow_options_of(target, dict(kwargs))  # ValueError/TypeError before anything leaves the node
     return node_.dist.spawn(node, target, args, kwargs, parent=parent, link=link)
 
 
@@ -370,3 +377,14 @@ async def rpc_body(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         node_.reply(ref, ("error", exc), rpc=True)
         return
     node_.reply(ref, ("ok", result), rpc=True)
+
+
+# -- flow control -----------------------------------------------------------
+
+def process_info(pid: Pid) -> dict[str, Any] | None:
+    """A local actor's ``{"mailbox", "dropped", "name", "status"}`` (plus its
+    ``mailbox_limit`` and ``overflow``); ``None`` if it is dead or not local."""
+    if type(pid) is not Pid:
+        raise TypeError(f"process_info takes a Pid, not {type(pid).__name__}")
+    return _process_info(_nodemod.get().procs.get(pid))
+

@@ -25,6 +25,7 @@ from .._errors import ActorExited, HermesError, NoNode
 from ._actor import Actor
 from ._messages import Down, NodeDown
 from ._pid import Pid, Ref
+from . import _flow
 from ._process import DEAD, RUNNING, ActorProcess, Process, TaskProcess, current
 
 _new_tuple = tuple.__new__
@@ -74,13 +75,39 @@ class Node:
         self.config: Any = None  # the NodeConfig it was started with (read by the layers, not here)
         self._pid_ids = itertools.count(1)
         self._ref_ids = itertools.count(1)
+        self.stall_warning = 0.1  # seconds; read by every drain (from config.stall_warning)
+        self.backlog_listeners: list[Callable[[int], None]] = []  # told the queued total on each scan
+        self._scan: asyncio.TimerHandle | None = None  # the mailbox scan, started by the first spawn
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot of this node's runtime, for shells, status pages and tests."""
-        return {"name": self.name, "creation": self.creation, "processes": len(self.procs),
-                "names": len(self.names), "pending_calls": len(self.pending),
-                "queued_messages": sum(len(p.mailbox) for p in self.procs.values()),
-                "nodes": self.dist.nodes() if self.dist is not None else []}
+        stats = {"name": self.name, "creation": self.creation, "processes": len(self.procs),
+                 "names": len(self.names), "pending_calls": len(self.pending),
+                 "queued_messages": sum(len(p.mailbox) for p in self.procs.values()),
+                 "nodes": self.dist.nodes() if self.dist is not None else []}
+        stats["mailboxes"] = _flow.top_mailboxes(self)  # deepest first, top 10
+        stats["dropped"] = sum(p.dropped for p in self.procs.values())
+        return stats
+
+    # -- flow control: the periodic mailbox scan ------------------------------
+
+    def _start_scan(self) -> None:
+        config = self.config
+        if config is not None:
+            self.stall_warning = config.stall_warning
+        self._scan = self.loop.call_later(_flow.SCAN_INTERVAL, self._scan_mailboxes)
+
+    def _scan_mailboxes(self) -> None:
+        if self.stopping or self.loop.is_closed():
+            return
+        threshold = self.config.mailbox_warning if self.config is not None else 100_000
+        total = _flow.scan_mailboxes(self, threshold)
+        for listener in self.backlog_listeners:
+            try:
+                listener(total)
+            except Exception:
+                log.exception("backlog listener failed")
+        self._scan = self.loop.call_later(_flow.SCAN_INTERVAL, self._scan_mailboxes)
 
     # -- identities -----------------------------------------------------------
 
@@ -102,12 +129,18 @@ class Node:
         if pid is None:
             pid = self.new_pid()
         parent_pid = parent.pid if parent is not None else None
+        limit, overflow = _flow.options_of(target, kwargs)  # before anything is created
+        if self._scan is None:
+            self._start_scan()
         if isinstance(target, type) and issubclass(target, Actor):
-            proc: Process = ActorProcess(self, pid, parent_pid, target.__qualname__)
+            actor_class = ActorProcess if limit is None else _flow.BoundedActorProcess
+            proc: Process = actor_class(self, pid, parent_pid, target.__qualname__)
         elif callable(target):
-            proc = TaskProcess(self, pid, parent_pid, target)
+            proc = (TaskProcess if limit is None else _flow.BoundedTaskProcess)(self, pid, parent_pid, target)
         else:
             raise TypeError(f"spawn target must be an Actor subclass or an async function, not {target!r}")
+        if limit is not None:
+            _flow.bound(proc, limit, overflow)
         self.procs[pid] = proc
         if link and parent is not None:
             self.link_pair(parent, pid)
@@ -354,6 +387,8 @@ class Node:
         ``terminate`` awaited before the next, and children of a live Supervisor
         left to it, so a supervisor stops its own children in its own order."""
         self.stopping = True
+        if self._scan is not None:
+            self._scan.cancel()
         deadline = self.loop.time() + timeout
         while self.procs and self.loop.time() < deadline:
             for proc in reversed(list(self.procs.values())):  # the table keeps spawn order

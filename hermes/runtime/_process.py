@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -48,12 +49,14 @@ current: contextvars.ContextVar[Process | None] = contextvars.ContextVar("hermes
 
 RUNNING, EXITING, DEAD = 0, 1, 2
 BATCH = 128  # messages per drain turn: throughput vs. fairness between actors
+_clock = time.perf_counter  # read twice per drain batch, for the stall warning
 
 
 class Process:
     __slots__ = (
         "node", "pid", "mailbox", "links", "monitors", "watching", "trap_exit",
         "name", "state", "reason", "parent", "ctx", "waiter", "done", "__weakref__",
+        "limit", "overflow", "dropped", "warned",  # flow control (see _flow.Bounded)
     )
 
     def __init__(self, node: Node, pid: Pid, parent: Pid | None) -> None:
@@ -71,6 +74,10 @@ class Process:
         self.ctx: contextvars.Context | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.done: asyncio.Future[Any] | None = None  # created on demand by waiters
+        self.limit: int | None = None  # mailbox_limit: None is unbounded (and deliver pays nothing)
+        self.overflow = "drop_oldest"
+        self.dropped = 0
+        self.warned = False  # logged as past mailbox_warning, until it falls back below half
 
     # -- messages -------------------------------------------------------------
 
@@ -266,7 +273,9 @@ class ActorProcess(Process):
         mailbox = self.mailbox
         dispatch = actor._hermes_dispatch
         direct = actor._hermes_direct_info
+        started = _clock()  # once per batch, not per message: the stall warning costs ~nothing
         n = 0
+        msg = None
         while mailbox and n < BATCH:
             msg = mailbox.popleft()
             n += 1
@@ -282,13 +291,16 @@ class ActorProcess(Process):
                 return
             if coro is not None:  # an async handler: run it, resume draining after
                 self.task = self.node.loop.create_task(self._await(coro, msg), context=self.task_context())
-                return
+                break
             if self.state != RUNNING:  # the handler stopped its own actor
-                return
-        if mailbox:
-            self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+                break
         else:
-            self.scheduled = False
+            if mailbox:
+                self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+            else:
+                self.scheduled = False
+        if _clock() - started > self.node.stall_warning:
+            self.stalled(_clock() - started, n, msg)
 
     async def _await(self, coro: Any, msg: Any) -> None:
         try:
@@ -307,6 +319,14 @@ class ActorProcess(Process):
             if self.mailbox:
                 self.scheduled = True
                 self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)
+
+    def stalled(self, seconds: float, handled: int, msg: Any) -> None:
+        """A batch of handlers held the loop longer than the node's ``stall_warning``.
+        Timed per batch (two clock reads), so with several messages the handler
+        named is that of the last one, the usual culprit of a long batch."""
+        where = _where(msg) if handled == 1 else f"{handled} handlers, the last {_where(msg)}"
+        log.warning("actor %s (%s) on %s held the loop for %.3f s in %s", self.pid, self.kind, self.node.name,
+                    seconds, where)
 
     def finalize(self) -> None:
         super().finalize()

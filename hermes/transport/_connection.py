@@ -48,6 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FRAME = 64 * 2**20
+DEFAULT_MAX_LINK_BUFFER = 64 * 2**20
 TICK_MISSES = 4
 _TICK = FRAME_HEADER.pack(0)
 _pack = FRAME_HEADER.pack
@@ -104,6 +105,7 @@ class Connection(asyncio.Protocol):
         "_wbuf", "_rbuf", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
         "_timer", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
+        "_link_limit", "_room", "_overloaded", "_drainers", "_reading_paused",  # flow control
     )
 
     def __init__(
@@ -139,6 +141,11 @@ class Connection(asyncio.Protocol):
         self._failure: BaseException | None = None
         self._frames_in = self._frames_out = self._bytes_in = self._bytes_out = self._writes = 0
         self._ticks_in = self._ticks_out = self._undecodable = 0
+        # flow control: bytes this link may queue (user buffer + transport's), and how
+        # many more the user buffer may take now (the limit less what the transport holds)
+        self._link_limit = self._room = DEFAULT_MAX_LINK_BUFFER
+        self._overloaded = self._reading_paused = False
+        self._drainers: list[asyncio.Future[None]] | None = None
 
     def __repr__(self) -> str:
         who = self.peer.name if self.peer else self._address
@@ -168,6 +175,9 @@ class Connection(asyncio.Protocol):
         wbuf = self._wbuf
         wbuf += _pack(size)
         wbuf += payload
+        if len(wbuf) > self._room:  # past max_link_buffer: see _overload
+            self._overload()
+            return
         self._pending_frames += 1
         if not self._flush_scheduled and self.authenticated:
             # The first frame of a loop turn goes out at once (a request/reply
@@ -185,6 +195,8 @@ class Connection(asyncio.Protocol):
         if self._paused or not self._wbuf or self.closed:
             return
         self._write_buffer()
+        if self._drainers is not None and not self._paused:
+            self._wake_drainers()
 
     def _write_buffer(self) -> None:
         # Hand the bytearray over and start a new one: since 3.12 the transport
@@ -203,9 +215,15 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        if self._transport is not None:  # what the transport holds counts against the limit
+            self._room = self._link_limit - self._transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
         self._paused = False
+        if not self._overloaded:
+            self._room = self._link_limit
+        if self._drainers is not None and not self._wbuf:
+            self._wake_drainers()
         if self._wbuf and not self._flush_scheduled and self.authenticated and not self.closed:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -357,7 +375,7 @@ class Connection(asyncio.Protocol):
     def _tick(self) -> None:
         if self.closed:
             return
-        self._silent = 0 if self._heard else self._silent + 1
+        self._silent = 0 if self._heard or self._reading_paused else self._silent + 1
         self._heard = False
         if self._silent >= TICK_MISSES:
             log.warning("tick timeout: nothing from %s for %d intervals; closing", self._who(), self._silent)
@@ -406,6 +424,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.close_reason = reason
         self._cancel_timer()
+        if self._drainers is not None:
+            self._wake_drainers()
         self._wbuf = bytearray()
         self._rbuf = bytearray()
         self._handshake = None
@@ -430,6 +450,86 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    # -- flow control ----------------------------------------------------------
+    #
+    # Sending: the bytes queued on this link (our buffer + the transport's) are
+    # bounded by ``max_link_buffer``; past it the link is closed as overloaded,
+    # as Erlang closes a busy distribution port's link rather than grow without
+    # bound. Everything queued is dropped with it: what the peer got is a prefix
+    # of what we sent, never a stream with a gap. ``drain`` is the cooperative
+    # way to stay below it. Receiving: the owner may ``pause_reading`` while it
+    # cannot deliver what arrives; TCP then pushes back on the peer's link buffer.
+
+    def set_link_limit(self, limit: int) -> None:
+        """Bound the bytes queued on this link (see above); the transport's own
+        high-water mark is kept well below it, so ``drain`` wakes early enough."""
+        if limit < 1:
+            raise ValueError(f"max_link_buffer must be positive, not {limit}")
+        self._link_limit = limit
+        if not self._paused and not self._overloaded:
+            self._room = limit
+        if self._transport is not None:
+            high = max(min(limit // 4, 1 << 20), 1)
+            self._transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def queued_bytes(self) -> int:
+        """Bytes not yet handed to the kernel: our buffer plus the transport's."""
+        transport = self._transport
+        held = transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
+        return len(self._wbuf) + held
+
+    def _overload(self) -> None:
+        # Called from a sender's code: drop what is queued now, close from a loop
+        # callback of our own (the delegate's node-down work never runs inside a
+        # publish). Until then every send lands here and is dropped too.
+        queued = self.queued_bytes()
+        self._wbuf = bytearray()
+        self._pending_frames = 0
+        if self._overloaded:
+            return
+        self._overloaded = True
+        self._room = -1
+        log.warning("link to %s overloaded: %d bytes queued (max_link_buffer %d); closing it", self._who(),
+                    queued, self._link_limit)
+        self._loop.call_soon(self._shutdown_overloaded)
+
+    def _shutdown_overloaded(self) -> None:
+        self._shutdown("overloaded", abort=True)
+
+    async def drain(self) -> None:
+        """Return once this link's queue is below the transport's low-water mark
+        (or the link is closed: nothing is queued any more)."""
+        if self.closed or (not self._paused and not self._wbuf):
+            return
+        if self._drainers is None:
+            self._drainers = []
+        waiter = self._loop.create_future()
+        self._drainers.append(waiter)
+        await waiter
+
+    def _wake_drainers(self) -> None:
+        drainers, self._drainers = self._drainers, None
+        for waiter in drainers or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (its sends then queue on its side); ticks
+        from it are not expected meanwhile."""
+        if self._transport is not None and not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None and not self.closed:
+                self._transport.resume_reading()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
 
     # -- introspection -------------------------------------------------------
 
