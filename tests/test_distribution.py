@@ -8,8 +8,8 @@ which is how mesh completion from one seed, simultaneous connects, wrong
 cookies and broken frames are driven from a peer we control.
 
 Functions and classes shipped to the nodes are module-level here: the nodes
-import this module by reference (the ``node_path`` fixture puts this folder on
-their ``PYTHONPATH``). Closures defined inside those functions travel by value
+import this module by reference (``LocalCluster`` gives them the driver's
+``sys.path``, where pytest put this folder). Closures defined inside those functions travel by value
 (cloudpickle), which is what the remote-spawn test is about.
 
 Every wait polls a condition with a deadline; every cluster is stopped by its
@@ -41,20 +41,13 @@ from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import _node as _nodemod
 
 from _cluster import poll
-from conftest import nodes_can_import_tests, wait_until
+from conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 HEADER = struct.Struct(">I")
 
 
 # -- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def node_path() -> Iterator[None]:
-    """Nodes started (or restarted) by this module can import it."""
-    with nodes_can_import_tests():
-        yield
 
 
 def _processes(c: hermes.LocalCluster) -> list[Any]:
@@ -70,7 +63,7 @@ def _stop_and_check(c: hermes.LocalCluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(node_path: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[hermes.LocalCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hermes.LocalCluster]:
     """Shared by the tests that do not damage it."""
     c = hermes.LocalCluster(["a", "b", "c"], log_dir=str(tmp_path_factory.mktemp("cluster-logs")))
     try:
@@ -80,7 +73,7 @@ def cluster(node_path: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture
-def make_cluster(node_path: None, tmp_path: Path) -> Iterator[Callable[..., hermes.LocalCluster]]:
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., hermes.LocalCluster]]:
     """Dedicated clusters for destructive tests; all stopped at teardown."""
     started: list[hermes.LocalCluster] = []
 
@@ -1025,7 +1018,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.timeout(60)
-def test_nodes_and_service_die_with_a_killed_driver(node_path, tmp_path):
+def test_nodes_and_service_die_with_a_killed_driver(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(HERE).parent), HERE) if p)}
     driver = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path)], env=env, capture_output=True,
                             timeout=45)

@@ -26,7 +26,7 @@ import hermes
 from hermes import pg, pubsub
 
 from _cluster import poll
-from conftest import ask, agent, forwarded, run_node, nodes_can_import_tests, wait_until
+from conftest import ask, agent, forwarded, run_node, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -489,8 +489,7 @@ async def identity_check(topic: Any) -> tuple[bool, bool]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[hermes.LocalCluster]:
-    with nodes_can_import_tests():
-        c = hermes.LocalCluster(["a", "b", "c"])
+    c = hermes.LocalCluster(["a", "b", "c"])
     try:
         yield c
     finally:
@@ -718,7 +717,7 @@ def test_publish_follows_a_node_that_restarts_and_one_that_joins_late():
     # The publisher caches its connections to the group's nodes: a restarted
     # node (new incarnation, new connection) and a new node must both be found.
     topic = "t-restart"
-    with nodes_can_import_tests(), hermes.LocalCluster(["p", "q"]) as c:
+    with hermes.LocalCluster(["p", "q"]) as c:
         p, q = c.nodes
         collectors = Collectors(c, "restart")
         first = collectors.start("q", [topic])
