@@ -18,7 +18,8 @@ from ..mesh import of as dist_of
 from ..runtime.lowlevel import Node
 from ._client import ServiceClient
 from ._scope import Scope, Wiring, current_scope, get_scope
-from ._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process
+from ._service import DEFAULT_PORT, ServiceConnection, start_service_process
+from ._wire import CookieRejected, check_service
 
 log = logging.getLogger("hermes.pg")
 SERVICE_IDLE_EXIT = 60.0  # a service a node started by itself outlives its last node by this
@@ -139,6 +140,9 @@ def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, in
     """Ask the service where ``name`` listens (blocking, brief: hidden nodes only)."""
     try:
         conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup")
+    except CookieRejected as exc:
+        log.warning("cannot look up %s: %s", name, exc)
+        return None
     except (HermesError, OSError, AuthenticationError):
         return None
     try:
@@ -151,8 +155,10 @@ def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, in
 
 
 def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float) -> None:
-    """Blocking (run in a thread): make sure a service answers at ``address``."""
-    if ping_service(address, cookie):
+    """Blocking (run in a thread): make sure a service answers at ``address``.
+    A service that answers but rejects the cookie is ``CookieRejected`` at once:
+    waiting or starting another would not help."""
+    if check_service(address, cookie):
         return
     if not may_start:
         log.warning("no pg service answers at %s:%d yet; the node will keep trying", *address)
@@ -162,5 +168,5 @@ def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, le
                               idle_exit=SERVICE_IDLE_EXIT, detached=True)
         log.info("started the local pg service at %s:%d", *address)
     except (HermesError, OSError, RuntimeError) as exc:  # another node started it first
-        if not ping_service(address, cookie, timeout=2.0):
+        if not check_service(address, cookie, timeout=2.0):
             raise HermesError(f"no pg service at {address[0]}:{address[1]} and could not start one") from exc

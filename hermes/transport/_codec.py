@@ -69,9 +69,10 @@ def dumps(obj: Any) -> bytes:
     try:
         data = _pickle_dumps(obj, PROTOCOL)
     except Exception:  # pickle raises PicklingError, TypeError, AttributeError, ...
-        return _cloudpickle(obj)
-    if _STACK_GLOBAL not in data or (data.find(_MAIN) == -1 and not (_BY_VALUE and _names_by_value(data))):
-        return data
+        pass  # cloudpickle, below: outside this handler, so its error does not chain this one
+    else:
+        if _STACK_GLOBAL not in data or (data.find(_MAIN) == -1 and not (_BY_VALUE and _names_by_value(data))):
+            return data
     return _cloudpickle(obj)
 
 
