@@ -169,3 +169,23 @@ def test_an_unpicklable_value_names_the_users_type_once(hermes_cluster: Callable
     text = "".join(formatted)
     assert text.count("cannot serialize") == 1, text  # not the frame's, then the message's
     assert "During handling" not in text and len(text.splitlines()) < 40, text
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_during_the_demo_startup_is_one_line() -> None:
+    import signal
+
+    root = Path(__file__).resolve().parents[1]
+    demo = subprocess.Popen([str(root / "scripts" / "demo")], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert demo.stdout is not None
+        assert demo.stdout.readline().startswith("Starting a local cluster")  # LocalCluster starting
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 130, err
+    assert err == "demo: interrupted; every node is stopped\n"
