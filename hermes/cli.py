@@ -111,7 +111,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def _main(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.INFO
+    # a shell shows WARNING and up only, so that log lines do not cut through the prompt
+    level = logging.DEBUG if args.verbose else (logging.WARNING if args.command == "shell" else logging.INFO)
     remote = getattr(args, "remote", None)
     name = getattr(args, "name", None) or (f"remsh {remote}" if remote else args.command)
     logging.basicConfig(level=level, stream=sys.stderr,
