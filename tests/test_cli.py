@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import hermes
+from hermes._app import full_name
 from hermes.pg.service import free_port
 
 TIMEOUT = 90
@@ -189,3 +190,14 @@ def test_ctrl_c_during_the_demo_startup_is_one_line() -> None:
             demo.wait()
     assert demo.returncode == 130, err
     assert err == "demo: interrupted; every node is stopped\n"
+
+
+@pytest.mark.timeout(120)
+def test_a_remote_shell_that_cannot_attach_says_why(home: Path, service: tuple[int, Path]) -> None:
+    port, _ = service
+    ghost = full_name("ghost")
+    result = hermes_cli(home, "shell", "--remote", ghost, "--cluster", f"127.0.0.1:{port}", cookie="right")
+    assert_one_line(result, f"shell: cannot reach {ghost}: unknown node (the pg service does not list it)")
+    result = hermes_cli(home, "shell", "--remote", ghost, "--cluster", f"127.0.0.1:{port}", cookie="wrong")
+    assert_one_line(result, f"hermes: the pg service at 127.0.0.1:{port} rejected this node's cookie: "
+                            "use the same HERMES_COOKIE or ~/.hermes/cookie as the cluster")

@@ -306,8 +306,9 @@ class Distribution:
         return True
 
     def _failed(self, key: str, reason: str) -> None:
-        """One line per new reason (a static peer retried every second logs it once)."""
-        level = logging.DEBUG if self.failures.get(key) == reason else logging.WARNING
+        """One line per new reason (a static peer retried every second logs it once).
+        A hidden node is a tool (a remote shell, a status probe) that reports it itself."""
+        level = logging.DEBUG if self.hidden or self.failures.get(key) == reason else logging.WARNING
         self.failures[key] = reason
         log.log(level, "cannot connect to %s: %s", key, reason)
 

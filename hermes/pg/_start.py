@@ -70,6 +70,8 @@ async def start(node: Node, config: NodeConfig) -> PgService:
         return PgService(node, None)
     address = parse_cluster(cluster)
     if dist.hidden:  # a hidden node only looks names up; it never registers
+        # a service that rejects the cookie is a configuration error, said at start
+        await node.loop.run_in_executor(None, check_service, address, dist.cookie)
         dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name))
         return PgService(node, None)
     await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl)
