@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from hermes._app import default_host
-from hermes.pg.service import ServiceConnection, free_port
+from hermes.pg.service import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide.md"
@@ -36,6 +36,7 @@ class Session:
     """One shell process; ``lines()`` is what it printed, prompts stripped, host as ``zeus``."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv = argv
         self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.out = b""
@@ -64,6 +65,13 @@ class Session:
         self.proc.stdin.flush()
         self.typed += 1
         self.wait_prompt()
+
+    @property
+    def name(self) -> str:
+        return f"{self.argv[self.argv.index('--name') + 1]}@{HOST}"
+
+    def text(self) -> str:
+        return self.out.decode(errors="replace")
 
     def lines(self) -> list[str]:
         text = self.out.decode(errors="replace").replace(f"@{HOST}", "@zeus")
@@ -120,9 +128,11 @@ def test_the_guide_transcripts_replay_in_real_shells(tmp_path: Path) -> None:
                     if name in sessions:  # a new shell of that name: the old one ends first
                         sessions.pop(name).close()
                     args = [a if a != "local" else f"127.0.0.1:{port}" for a in args]
-                    sessions[name] = Session([sys.executable, "-m", "hermes", "shell", *args], env)
-                    if "--cluster" in args:  # a person types slower than the service learns of it
-                        _wait_registered(port, f"{name}@{HOST}")
+                    others = [s for n, s in sessions.items() if n != name and "--cluster" in s.argv]
+                    before = [s.text().count(f"connected to {name}@{HOST}") for s in others]
+                    sessions[name] = Session([sys.executable, "-m", "hermes", "-v", "shell", *args], env)
+                    if "--cluster" in args:  # a person types slower than the mesh forms
+                        _wait_meshed(sessions[name], f"{name}@{HOST}", others, before)
                     expected[name] = []
                     current = name
                 elif line.startswith("# "):
@@ -144,16 +154,13 @@ def test_the_guide_transcripts_replay_in_real_shells(tmp_path: Path) -> None:
         service.wait(10)
 
 
-def _wait_registered(port: int, name: str, timeout: float = 30) -> None:
+def _wait_meshed(new: Session, name: str, others: list[Session], before: list[int], timeout: float = 60) -> None:
+    """Until the new shell's node and every other cluster shell's node logged their connection
+    (-v: the log lines go to the output, where ``lines()`` leaves them out)."""
     deadline = time.monotonic() + timeout
-    while True:
-        conn = ServiceConnection(("127.0.0.1", port), b"guide", timeout=2.0)
-        try:
-            if name in conn.call("nodes"):
-                return
-        finally:
-            conn.close()
-        assert time.monotonic() < deadline, f"{name} did not register"
+    while not (all(f"connected to {o.name}" in new.text() for o in others) and
+               all(o.text().count(f"connected to {name}") > count for o, count in zip(others, before))):
+        assert time.monotonic() < deadline, f"{name} did not connect to every other shell: {new.text()}"
         time.sleep(0.05)
 
 
