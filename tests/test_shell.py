@@ -177,3 +177,21 @@ def test_ctrl_c_in_a_remote_shell_cancels_the_chunk_there(env: dict[str, str], t
             if proc is not None:
                 proc.kill()
                 proc.wait(10)
+
+
+@pytest.mark.timeout(120)
+def test_a_shell_joins_a_static_peers_cluster_with_peers(env: dict[str, str]) -> None:
+    port = free_port()
+    node = subprocess.Popen([sys.executable, "-m", "hermes", "node", "--name", "pa", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lines = ["import asyncio", "for _ in range(2000):", "    if nodes(): break",
+                 "    await asyncio.sleep(0.02)", "", "nodes()"]
+        result = subprocess.run([sys.executable, "-m", "hermes", "shell", "--name", "pb", "--peers",
+                                 f"127.0.0.1:{port}"], input="\n".join(lines) + "\n", env=env, capture_output=True,
+                                text=True, timeout=90, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert repr([full_name("pa")]) in result.stdout, result.stdout + result.stderr
+    finally:
+        node.kill()
+        node.wait(10)
