@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from typing import Any
 
 from ._config import TLSConfig, cli_options
+from ._errors import HermesError
 
 NODE_FLAGS_SKIPPED = ("name", "host", "port", "cookie", "cluster", "peers")  # added by hand, with their help
 
@@ -87,8 +90,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The error boundary: a Hermes, OS or option error ends the command with one
+    line naming cause and fix, and exit code 1; ``-v`` adds the traceback."""
     args = _parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.INFO
+    try:
+        _main(args)
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        sys.exit(130)  # Ctrl-C during startup: the user knows why it ended
+    except (HermesError, OSError, ValueError, TypeError) as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"hermes: {one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: its message (an ``OSError``'s strerror), never its chain."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror and exc.errno else str(exc)
+    first = (text or type(exc).__name__).splitlines()[0]
+    return first if isinstance(exc, (HermesError, OSError)) else f"{type(exc).__name__}: {first}"
+
+
+def _main(args: argparse.Namespace) -> None:
+    # a shell shows WARNING and up only, so that log lines do not cut through the prompt
+    level = logging.DEBUG if args.verbose else (logging.WARNING if args.command == "shell" else logging.INFO)
     remote = getattr(args, "remote", None)
     name = getattr(args, "name", None) or (f"remsh {remote}" if remote else args.command)
     logging.basicConfig(level=level, stream=sys.stderr,
@@ -100,20 +127,19 @@ def main(argv: list[str] | None = None) -> None:
 
         cookie = resolve_cookie(args.cookie, create=is_loopback(args.host))
         if not is_loopback(args.host) and cookie.source == "generated":
-            raise SystemExit("refusing to serve on a non-loopback interface with a cookie made up just now: "
-                             "pass --cookie, set HERMES_COOKIE or write ~/.hermes/cookie")
-        extra = {"log_size": args.log_size} if args.log_size is not None else {}
-        serve(args.host, args.port, cookie=cookie.value, lease_ttl=args.lease_ttl, idle_exit=args.idle_exit, **extra)
+            raise HermesError(f"refusing to serve on {args.host} with a cookie made up just now: "
+                              "pass --cookie, set HERMES_COOKIE or write ~/.hermes/cookie")
+        try:
+            extra = {"log_size": args.log_size} if args.log_size is not None else {}
+            serve(args.host, args.port, cookie=cookie.value, lease_ttl=args.lease_ttl, idle_exit=args.idle_exit,
+                  **extra)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve on {args.host}:{args.port}: {os.strerror(exc.errno).lower()}: choose "
+                          "another --port or stop the process that holds it") from exc
     elif args.command == "node":
         from .cluster import run_node
 
-        from ._errors import NameInUse
-
-        try:
-            run_node(node_options(args), app=args.app, control_fd=args.control_fd)
-        except NameInUse as exc:  # one line, exit 1: a name clash is the user's to fix
-            print(f"hermes node: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
+        run_node(node_options(args), app=args.app, control_fd=args.control_fd)  # NameInUse: one line, exit 1
     else:
         from .shell import run_shell
 

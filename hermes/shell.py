@@ -9,6 +9,12 @@ The shell actor never reads its own mailbox: messages stay there for
 
 ``--remote NAME@HOST`` starts a hidden node, spawns a shell actor on the
 running node and sends each chunk there; its output comes back.
+
+Ctrl-C cancels the running chunk, as ``python -m asyncio`` does: the shell
+actor's task is cancelled where the chunk awaits (``receive`` leaves the
+mailbox as it was), the chunk ends with ``KeyboardInterrupt`` and the actor
+goes on with the next one. With a terminal, lines are edited with readline
+and kept in ``~/.hermes/shell_history`` (``HERMES_SHELL_HISTORY``).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import code
 import concurrent.futures
 import contextlib
 import io
+import os
 import sys
 import threading
 import traceback
@@ -27,12 +34,15 @@ from typing import Any
 import hermes
 
 from ._app import full_name, run_async
+from . import mesh
 from .runtime import lowlevel
 from .runtime.lowlevel import current
 
 BANNER = ("Hermes shell on {node} (Python {version}). Top-level await works; "
           "flush() prints and empties this shell's mailbox. Ctrl-D quits.")
 _shells: dict[Any, Shell] = {}
+INTERRUPT_WAIT = 5.0  # seconds Ctrl-C waits for the cancelled chunk to end
+HISTORY_ENV = "HERMES_SHELL_HISTORY"
 
 
 class Shell:
@@ -40,6 +50,9 @@ class Shell:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[Any, asyncio.Future[Any], bool]] = asyncio.Queue()
+        self.task = asyncio.current_task()
+        self.running = False      # a chunk is executing (so a cancel lands inside it)
+        self.interrupted = False  # Ctrl-C asked to cancel that chunk
         self.namespace: dict[str, Any] = {"__name__": "__console__", "hermes": hermes, "flush": flush}
         exec("from hermes import *", self.namespace)  # noqa: S102 - the shell's own namespace
 
@@ -73,6 +86,7 @@ async def _execute(shell: Shell, chunk: Any, capture: bool) -> tuple[str, str]:
     out = io.StringIO()
     redirect = contextlib.redirect_stdout(out) if capture else contextlib.nullcontext()
     with redirect:
+        shell.running = True
         try:
             if isinstance(chunk, str):
                 chunk = compile(chunk, "<shell>", "single", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
@@ -81,9 +95,29 @@ async def _execute(shell: Shell, chunk: Any, capture: bool) -> tuple[str, str]:
                 await result
         except SystemExit:
             raise
+        except asyncio.CancelledError:
+            if not shell.interrupted:
+                raise  # the actor itself is being stopped
+            return out.getvalue(), "KeyboardInterrupt\n"
         except BaseException:  # show it, as a console does; the shell lives on
             return out.getvalue(), traceback.format_exc()
+        finally:
+            shell.running = False
+            if shell.interrupted:  # the cancel was for this chunk only
+                shell.interrupted = False
+                if shell.task is not None:
+                    shell.task.uncancel()
     return out.getvalue(), ""
+
+
+def interrupt(shell_pid: Any) -> bool:
+    """Cancel the chunk that ``shell_pid`` is running (on its node's loop); False if none."""
+    shell = _shells.get(shell_pid)
+    if shell is None or not shell.running or shell.interrupted or shell.task is None:
+        return False
+    shell.interrupted = True
+    shell.task.cancel()
+    return True
 
 
 async def remote_eval(shell_pid: Any, source: str) -> tuple[str, str]:
@@ -97,11 +131,12 @@ async def remote_eval(shell_pid: Any, source: str) -> tuple[str, str]:
 
 
 class _Console(code.InteractiveConsole):
-    def __init__(self, loop: asyncio.AbstractEventLoop, run_chunk: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, run_chunk: Any, interrupt_chunk: Any) -> None:
         super().__init__()
         self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         self.loop = loop
         self.run_chunk = run_chunk
+        self.interrupt_chunk = interrupt_chunk
 
     def runsource(self, source: str, filename: str = "<input>", symbol: str = "single") -> bool:
         try:
@@ -111,11 +146,15 @@ class _Console(code.InteractiveConsole):
             return False
         if compiled is None:
             return True
+        running = asyncio.run_coroutine_threadsafe(self.run_chunk(source, compiled), self.loop)
         try:
-            output, error = asyncio.run_coroutine_threadsafe(self.run_chunk(source, compiled), self.loop).result()
-        except KeyboardInterrupt:
-            self.write("KeyboardInterrupt\n")
-            return False
+            output, error = running.result()
+        except KeyboardInterrupt:  # cancel the chunk where it awaits, then show how it ended
+            asyncio.run_coroutine_threadsafe(self.interrupt_chunk(), self.loop)
+            try:
+                output, error = running.result(timeout=INTERRUPT_WAIT)
+            except (KeyboardInterrupt, concurrent.futures.TimeoutError):
+                output, error = "", "KeyboardInterrupt (the chunk still holds the loop)\n"
         if output:  # what a remote chunk printed: stdout, as a local chunk's print (write() is stderr)
             sys.stdout.write(output)
             sys.stdout.flush()
@@ -143,7 +182,9 @@ def run_shell(*, name: str | None, remote: str | None = None, cluster: str | Non
             await asyncio.wrap_future(started)
         else:
             if not await hermes.connect(remote):
-                started.set_exception(SystemExit(f"shell: cannot reach {remote}"))
+                dist = mesh.of(node)
+                reason = dist.failures.get(remote, "no reason known") if dist is not None else "not distributed"
+                started.set_exception(SystemExit(f"shell: cannot reach {remote}: {reason}"))
                 return
             # linked: when this shell goes (EOF, crash, lost connection), so does its actor
             # there, with its subscriptions; iex's remote shell is linked the same way
@@ -173,10 +214,44 @@ def run_shell(*, name: str | None, remote: str | None = None, cluster: str | Non
         _shells[shell_pid].queue.put_nowait((compiled, done, False))
         return await done
 
-    console = _Console(node.loop, run_chunk)
+    async def interrupt_chunk() -> bool:
+        if remote is not None:
+            return bool(await hermes.rpc(remote, interrupt, shell_pid, timeout=INTERRUPT_WAIT))
+        return interrupt(shell_pid)
+
+    console = _Console(node.loop, run_chunk, interrupt_chunk)
     where = remote or full_name(node_name)
+    history = _history()
     try:
         console.interact(banner=BANNER.format(node=where, version=sys.version.split()[0]), exitmsg="")
     finally:
+        if history is not None:
+            history()
         node.loop.call_soon_threadsafe(node.request_stop)
         stopped.wait(10)
+
+
+def _history() -> Any:
+    """With a terminal: readline line editing and the history file; returns
+    what saves the history at exit (None without a terminal or readline)."""
+    if not sys.stdin.isatty():
+        return None
+    try:
+        import readline
+    except ImportError:  # not on every platform; the shell works without it
+        return None
+    path = os.environ.get(HISTORY_ENV) or os.path.join(os.path.expanduser("~"), ".hermes", "shell_history")
+    readline.set_history_length(1000)
+    try:
+        readline.read_history_file(path)
+    except OSError:  # no history yet
+        pass
+
+    def save() -> None:
+        try:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+            readline.write_history_file(path)
+        except OSError as exc:
+            print(f"shell: could not save the history to {path}: {exc}", file=sys.stderr)
+
+    return save

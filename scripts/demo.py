@@ -61,4 +61,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # LocalCluster has stopped every node on the way out
+        print("demo: interrupted; every node is stopped", file=sys.stderr)
+        sys.exit(130)

@@ -4,8 +4,8 @@ test_node_failures): fixtures for clusters of real node processes started by
 peer we control, and the actors and functions shipped to the nodes.
 
 Functions and classes shipped to the nodes are module-level here: the nodes
-import this module by reference (the ``node_path`` fixture puts this folder on
-their ``PYTHONPATH``). Closures defined inside them travel by value
+import this module by reference (``LocalCluster`` gives them the driver's
+``sys.path``, where pytest put this folder). Closures defined inside them travel by value
 (cloudpickle).
 
 Every wait polls a condition with a deadline; every cluster is stopped by its
@@ -36,18 +36,11 @@ from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import _node as _nodemod
 
 from _cluster import poll
-from conftest import nodes_can_import_tests, wait_until
+from conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 HEADER = struct.Struct(">I")
 # -- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def node_path() -> Iterator[None]:
-    """Nodes started (or restarted) by this module can import it."""
-    with nodes_can_import_tests():
-        yield
 
 
 def _processes(c: hermes.LocalCluster) -> list[Any]:
@@ -63,7 +56,7 @@ def _stop_and_check(c: hermes.LocalCluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(node_path: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[hermes.LocalCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hermes.LocalCluster]:
     """Shared by the tests that do not damage it."""
     c = hermes.LocalCluster(["a", "b", "c"], log_dir=str(tmp_path_factory.mktemp("cluster-logs")))
     try:
@@ -73,7 +66,7 @@ def cluster(node_path: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture
-def make_cluster(node_path: None, tmp_path: Path) -> Iterator[Callable[..., hermes.LocalCluster]]:
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., hermes.LocalCluster]]:
     """Dedicated clusters for destructive tests; all stopped at teardown."""
     started: list[hermes.LocalCluster] = []
 

@@ -18,34 +18,15 @@ deadline (STYLE rule 10): nothing here sleeps and hopes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import hermes
 
 NODE_NAME = "test"
-TESTS = str(Path(__file__).resolve().parent)
-
-
-@contextlib.contextmanager
-def nodes_can_import_tests() -> Iterator[None]:
-    """Node processes started meanwhile can import the test modules by name
-    (the functions a test ships to a node travel by reference)."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, old) if p)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
 def run_node(main: Callable[..., Any], *args: Any, name: str = NODE_NAME) -> Any:

@@ -19,7 +19,6 @@ import pytest
 import hermes
 from hermes.runtime import lowlevel
 
-from conftest import nodes_can_import_tests
 
 
 def no_node_left() -> bool:
@@ -204,8 +203,7 @@ async def inbox_of(name: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[hermes.LocalCluster]:
-    with nodes_can_import_tests():
-        c = hermes.LocalCluster(["ea", "eb"])
+    c = hermes.LocalCluster(["ea", "eb"])
     try:
         yield c
     finally:
@@ -278,7 +276,7 @@ def test_the_cli_prints_one_line_and_exits_1_for_a_live_name(cluster):
                            service_of(cluster)], capture_output=True, text=True, timeout=60,
                           env={**__import__("os").environ, **env_cookie})
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("hermes node:")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hermes:")]
     assert len(lines) == 1 and "held by a live node" in lines[0]
     assert "Traceback" not in proc.stderr
 

@@ -15,7 +15,6 @@ import pytest
 
 import hermes
 from _cluster import poll
-from conftest import nodes_can_import_tests
 
 MB = 2**20
 LINK = 8 * MB  # max_link_buffer for these clusters: small, so a blocked link overflows fast
@@ -32,15 +31,14 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., hermes.LocalCluster]]
         started.append(c)
         return c
 
-    with nodes_can_import_tests():
-        try:
-            yield make
-        finally:
-            for c in started:
-                for node in list(c._nodes.values()):  # never leave a stopped process behind
-                    if node.proc.poll() is None:
-                        os.kill(node.proc.pid, signal.SIGCONT)
-                c.stop()
+    try:
+        yield make
+    finally:
+        for c in started:
+            for node in list(c._nodes.values()):  # never leave a stopped process behind
+                if node.proc.poll() is None:
+                    os.kill(node.proc.pid, signal.SIGCONT)
+            c.stop()
 
 
 # -- on the nodes -----------------------------------------------------------

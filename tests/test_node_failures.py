@@ -28,12 +28,12 @@ from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import _node as _nodemod
 
 from _cluster import poll
-from conftest import nodes_can_import_tests, wait_until
+from conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 HEADER = struct.Struct(">I")
 
-from _mesh_support import (node_path, _processes, _stop_and_check, cluster, make_cluster, _signal, HERE_NAME, run_here, on, _dist, learn, own_address, learn_and_connect, connection_ends, relay, sleeper, exits_with, expect, is_tagged, Counter, Watcher, linked_to_remote, blocked_caller, blocked_caller_by_name, watcher_events, start_watcher, HERE, HEADER, _lacks, Unpicklable)  # noqa: F401
+from _mesh_support import (_processes, _stop_and_check, cluster, make_cluster, _signal, HERE_NAME, run_here, on, _dist, learn, own_address, learn_and_connect, connection_ends, relay, sleeper, exits_with, expect, is_tagged, Counter, Watcher, linked_to_remote, blocked_caller, blocked_caller_by_name, watcher_events, start_watcher, HERE, HEADER, _lacks, Unpicklable)  # noqa: F401
 
 
 # -- crashes, restarts and frozen peers --------------------------------------------------
@@ -163,7 +163,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.timeout(60)
-def test_nodes_and_service_die_with_a_killed_driver(node_path, tmp_path):
+def test_nodes_and_service_die_with_a_killed_driver(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(HERE).parent), HERE) if p)}
     driver = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path)], env=env, capture_output=True,
                             timeout=45)

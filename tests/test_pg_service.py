@@ -264,7 +264,7 @@ def test_wrong_cookie_is_refused_and_changes_nothing(harness: Harness) -> None:
     intruder.start()
     poll(lambda: intruder.statistics()["failures"] >= 2)
     assert not intruder.connected
-    assert "AuthenticationError" in intruder.statistics()["last_error"]
+    assert "rejected this node's cookie" in intruder.statistics()["last_error"]  # CookieRejected
     assert conn.call("snapshot") == before
 
 

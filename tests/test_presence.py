@@ -28,7 +28,7 @@ import hermes
 from hermes import presence
 
 from _cluster import poll
-from conftest import nodes_can_import_tests, run_node
+from conftest import run_node
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 ROOT_DIR = str(Path(__file__).resolve().parents[1])
@@ -249,8 +249,7 @@ NODES = ["a", "b", "c"]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[hermes.LocalCluster]:
-    with nodes_can_import_tests():
-        c = hermes.LocalCluster(NODES)
+    c = hermes.LocalCluster(NODES)
     try:
         yield c
     finally:
@@ -392,7 +391,7 @@ def apply_ops(ops: list[tuple[Any, ...]]) -> None:
 @pytest.mark.timeout(180)
 def test_a_sigkilled_node_leaves_once_per_entry_and_its_restart_resurrects_nothing():
     topic = "victim"
-    with nodes_can_import_tests(), hermes.LocalCluster(NODES) as c:  # c.start below needs the path too
+    with hermes.LocalCluster(NODES) as c:  # c.start below needs the path too
         for node in ("a", "c"):
             c.rpc(node, start_log, f"kill-log-{node}", [topic])
         mine = c.rpc("a", spawn_holders, 1)
@@ -472,7 +471,7 @@ def stop_node() -> None:
 @pytest.mark.timeout(120)
 def test_a_node_that_stops_cleanly_leaves_once_per_entry():
     topic = "stopping"
-    with nodes_can_import_tests(), hermes.LocalCluster(NODES) as c:
+    with hermes.LocalCluster(NODES) as c:
         for node in ("a", "c"):
             c.rpc(node, start_log, f"stop-log-{node}", [topic])
         pids = c.rpc("b", spawn_holders, 20)

@@ -29,7 +29,7 @@ from hermes.runtime import lowlevel
 
 from _cluster import poll
 from _redisserver import BINARY, redis_server  # noqa: F401  # a fixture: the "redis" cluster's server
-from conftest import ask, agent, forwarded, run_node, nodes_can_import_tests, wait_until
+from conftest import ask, agent, forwarded, run_node, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -499,8 +499,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[hermes.LocalCluster]:
     options = {}
     if request.param == "redis":
         options["pubsub_url"] = request.getfixturevalue("redis_server").url
-    with nodes_can_import_tests():
-        c = hermes.LocalCluster(["a", "b", "c"], **options)
+    c = hermes.LocalCluster(["a", "b", "c"], **options)
     try:
         yield c
     finally:
@@ -728,7 +727,7 @@ def test_publish_follows_a_node_that_restarts_and_one_that_joins_late():
     # The publisher caches its connections to the group's nodes: a restarted
     # node (new incarnation, new connection) and a new node must both be found.
     topic = "t-restart"
-    with nodes_can_import_tests(), hermes.LocalCluster(["p", "q"]) as c:
+    with hermes.LocalCluster(["p", "q"]) as c:
         p, q = c.nodes
         collectors = Collectors(c, "restart")
         first = collectors.start("q", [topic])

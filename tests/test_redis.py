@@ -31,7 +31,7 @@ from _redisserver import BINARY, MISSING, RedisServer, redis_server, started_red
 
 if BINARY is None:  # one line for the whole module (test_pubsub then runs its suite on the mesh only)
     pytest.skip(MISSING, allow_module_level=True)
-from conftest import nodes_can_import_tests, run_node
+from conftest import run_node
 from test_pubsub import Collectors
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,9 +44,8 @@ ISLANDS = ["isla", "islb", "islc"]
 def islands(redis_server: RedisServer) -> Iterator[dict[str, hermes.LocalCluster]]:
     clusters: dict[str, hermes.LocalCluster] = {}
     try:
-        with nodes_can_import_tests():
-            for name in ISLANDS:
-                clusters[name] = hermes.LocalCluster([name], cookie=COOKIE, pubsub_url=redis_server.url)
+        for name in ISLANDS:
+            clusters[name] = hermes.LocalCluster([name], cookie=COOKIE, pubsub_url=redis_server.url)
         yield clusters
     finally:
         for cluster in clusters.values():
@@ -139,13 +138,12 @@ def test_standalone_cli_nodes_without_a_cluster_share_redis(redis_server, tmp_pa
     records = {name: tmp_path / f"{name}.txt" for name in ("clia", "clib", "clic")}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with nodes_can_import_tests():
-            for name, path in records.items():  # no --cluster: standalone, they never mesh
-                env = {**os.environ, "HERMES_COOKIE": COOKIE, "HERMES_TEST_RECORD": str(path)}
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "hermes", "node", "--name", name, "--pubsub-url", redis_server.url,
-                     "--app", "test_redis:recorder_app"], env=env, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True))
+        for name, path in records.items():  # no --cluster: standalone, they never mesh
+            env = {**os.environ, "HERMES_COOKIE": COOKIE, "HERMES_TEST_RECORD": str(path)}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hermes", "node", "--name", name, "--pubsub-url", redis_server.url,
+                 "--app", "test_redis:recorder_app"], env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True))
         lines = {name: poll(lambda: path.exists() and path.read_text().splitlines(), timeout=30)
                  for name, path in records.items()}
         assert all(got[0].startswith("ready ") and got[0].endswith(" []") for got in lines.values())
@@ -273,7 +271,7 @@ def test_redis_killed_and_restarted_under_publishing(tmp_path):
     server = next(server_iter)
     topic = "r-outage"
     try:
-        with nodes_can_import_tests(), hermes.LocalCluster(["ra", "rb"], pubsub_url=server.url) as c:
+        with hermes.LocalCluster(["ra", "rb"], pubsub_url=server.url) as c:
             a, b = c.nodes
             for n in (a, b):
                 c.rpc(n, start_listener, "listener", topic)

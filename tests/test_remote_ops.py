@@ -28,12 +28,12 @@ from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import _node as _nodemod
 
 from _cluster import poll
-from conftest import nodes_can_import_tests, wait_until
+from conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 HEADER = struct.Struct(">I")
 
-from _mesh_support import (node_path, _processes, _stop_and_check, cluster, make_cluster, _signal, HERE_NAME, run_here, on, _dist, learn, own_address, learn_and_connect, connection_ends, relay, sleeper, exits_with, expect, is_tagged, Counter, Watcher, linked_to_remote, blocked_caller, blocked_caller_by_name, watcher_events, start_watcher, HERE, HEADER, _lacks, Unpicklable)  # noqa: F401
+from _mesh_support import (_processes, _stop_and_check, cluster, make_cluster, _signal, HERE_NAME, run_here, on, _dist, learn, own_address, learn_and_connect, connection_ends, relay, sleeper, exits_with, expect, is_tagged, Counter, Watcher, linked_to_remote, blocked_caller, blocked_caller_by_name, watcher_events, start_watcher, HERE, HEADER, _lacks, Unpicklable)  # noqa: F401
 
 
 # -- remote operations ------------------------------------------------------------------------

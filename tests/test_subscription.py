@@ -9,7 +9,6 @@ import pytest
 
 import hermes
 
-from conftest import nodes_can_import_tests
 
 
 def on_node(main: Any) -> Any:
@@ -172,8 +171,7 @@ def publish_range(topic: str, n: int) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[hermes.LocalCluster]:
-    with nodes_can_import_tests():
-        c = hermes.LocalCluster(["sa"])
+    c = hermes.LocalCluster(["sa"])
     try:
         yield c
     finally:

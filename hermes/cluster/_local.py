@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -34,6 +35,15 @@ from . import _control
 
 log = logging.getLogger("hermes.cluster")
 ROOT = str(Path(__file__).resolve().parents[2])
+SYS_PATH_ENV = "HERMES_SYS_PATH"  # the driver's sys.path, which a node process adopts
+
+
+def driver_sys_path() -> list[str]:
+    """This process's ``sys.path`` for a node process, as ``multiprocessing``'s
+    spawn start method passes it: what the driver can import (a test module
+    pytest put on the path, a folder added at run time), the node can too.
+    ``''`` (the current folder) becomes the folder it names here."""
+    return [os.getcwd() if entry == "" else entry for entry in sys.path]
 
 
 class _NodeProcess:
@@ -135,6 +145,7 @@ class LocalCluster:
         answers_r, answers_w = os.pipe()
         env = {**os.environ, "HERMES_COOKIE": self.cookie, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        env[SYS_PATH_ENV] = json.dumps(driver_sys_path())
         args = [sys.executable, "-m", "hermes", "node", "--name", full,
                 "--cluster", f"{self.service_address[0]}:{self.service_address[1]}",
                 "--control-fd", str(answers_w), *node_flags(self.config)]

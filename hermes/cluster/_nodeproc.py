@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
@@ -36,6 +37,7 @@ def load_app(spec: str) -> Callable[..., Any]:
 
 def run_node(options: dict[str, Any], *, app: str | None = None, control_fd: int | None = None) -> None:
     """Run one node with ``options`` (``NodeConfig``'s names) until stopped."""
+    _adopt_driver_sys_path()
     config = NodeConfig.build(**options)
     main = load_app(app) if app else None
     ready = _attach_control(control_fd) if control_fd is not None else None
@@ -46,6 +48,13 @@ def run_node(options: dict[str, Any], *, app: str | None = None, control_fd: int
         await asyncio.Event().wait()  # run until stopped
 
     asyncio.run(run_async(first_actor, config=config, ready=ready))
+
+
+def _adopt_driver_sys_path() -> None:
+    """A ``LocalCluster`` node imports what its driver imports (``HERMES_SYS_PATH``)."""
+    driver_path = os.environ.pop("HERMES_SYS_PATH", None)
+    if driver_path:
+        sys.path[:] = [p for p in json.loads(driver_path) if isinstance(p, str)]
 
 
 def _attach_control(control_fd: int) -> Callable[[Any], None]:

@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import secrets
-from typing import Any, Callable, cast
+import socket
+from typing import Any, Callable, NoReturn, cast
 
 from .._config import NodeConfig, parse_address
-from .._errors import HermesError, RemoteError, SerializationError
+from .._errors import HandshakeError, HermesError, RemoteError, SerializationError
 from ..runtime import NodeDown, NodeUp, Pid, Ref
 from ..runtime.lowlevel import Node
 from ..transport import Connection, PeerInfo, PeerRefusedError, dumps, open_connection, resolve_cookie, start_listener
@@ -67,6 +69,7 @@ class Distribution:
         self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
         self.down_listeners: list[Callable[[str, int, bool], None]] = []  # name, creation, lost?
         self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
+        self.failures: dict[str, str] = {}  # the last reason a connect to that name/address failed
         # what each arriving frame does, by tag: _frames.HANDLERS plus the layers' own
         self.handlers: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = dict(HANDLERS)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -178,9 +181,10 @@ class Distribution:
             return  # an old incarnation's pid: dead
         try:
             conn.send(("m", pid[2], msg))  # ids only: a Pid pickles ~7x slower than an int
-        except SerializationError:
-            self._check_picklable(msg)  # name the message's own type, not the frame's tuple
-            raise
+            return
+        except SerializationError as exc:
+            frame_error = exc
+        _raise_own_error(msg, frame_error)  # the message's own type, not the frame's tuple
 
     def send_signal(self, name: str, signal: tuple[Any, ...]) -> None:
         conn = self.conns.get(name)
@@ -190,13 +194,15 @@ class Distribution:
             return
         try:
             conn.send(signal)
-        except SerializationError:
+            return
+        except SerializationError as exc:
             if signal[0] in EXIT_SIGNALS:  # an exit reason must reach the peer in some form
                 conn.send((*signal[:-1], portable_reason(signal[-1])))
                 return
-            if signal[0] == "send_name":
-                self._check_picklable(signal[2])  # name the message's own type
-            raise
+            if signal[0] != "send_name":
+                raise
+            frame_error = exc
+        _raise_own_error(signal[2], frame_error)  # name the message's own type
 
     def call(self, pid: Pid, request: Any, sender: Pid | None, ref: Ref) -> None:
         """One frame per remote call: the callee's node sets up the monitor, and
@@ -204,9 +210,10 @@ class Distribution:
         conn = self.conns[pid[0]]
         try:
             conn.send(("c", pid[2], request, sender[2] if sender is not None else None, ref[2]))
-        except SerializationError:
-            self._check_picklable(request)  # name the request's own type
-            raise
+            return
+        except SerializationError as exc:
+            frame_error = exc
+        _raise_own_error(request, frame_error)  # name the request's own type
 
     def call_name(self, node: str, name: str, request: Any, sender: Pid | None, ref: Ref) -> None:
         """A call to the actor registered as ``name`` on ``node``: the name is
@@ -214,9 +221,10 @@ class Distribution:
         conn = self.conns[node]
         try:
             conn.send(("cn", name, request, sender[2] if sender is not None else None, ref[2]))
-        except SerializationError:
-            self._check_picklable(request)
-            raise
+            return
+        except SerializationError as exc:
+            frame_error = exc
+        _raise_own_error(request, frame_error)
 
     def reply(self, ref: Ref, value: Any, rpc: bool = False) -> None:
         conn = self.conns.get(ref[0])
@@ -258,6 +266,8 @@ class Distribution:
             return True
         address = self.addresses.get(name) or self._resolve(name)
         if address is None:
+            where = "the pg service does not list it" if self.resolvers else "no address known (a standalone node: use peers)"
+            self._failed(name, f"unknown node ({where})")
             return False
         return await self.connect_address(address, expect=name)
 
@@ -294,11 +304,19 @@ class Distribution:
             # refused at the handshake: a duplicate (we may be connected the other way)
             return await self._wait_connected(expect, address)
         except (OSError, TimeoutError, HermesError) as exc:
-            log.debug("connect to %s at %s failed: %r", expect, address, exc)
+            self._failed(expect or f"{address[0]}:{address[1]}", _connect_failure(address, exc))
             return False
+        self.failures.pop(expect or f"{address[0]}:{address[1]}", None)
         if expect is not None and conn.peer.name != expect:
             log.warning("node at %s is %s, not %s", address, conn.peer.name, expect)
         return True
+
+    def _failed(self, key: str, reason: str) -> None:
+        """One line per new reason (a static peer retried every second logs it once).
+        A hidden node is a tool (a remote shell, a status probe) that reports it itself."""
+        level = logging.DEBUG if self.hidden or self.failures.get(key) == reason else logging.WARNING
+        self.failures[key] = reason
+        log.log(level, "cannot connect to %s: %s", key, reason)
 
     def _connected_to(self, address: tuple[str, int]) -> bool:
         return any(c.peer is not None and tuple(c.peer.address) == tuple(address) for c in self.conns.values())
@@ -500,6 +518,37 @@ def portable_reason(reason: Any) -> Any:
     return RemoteError(f"an exit reason that could not be sent: {reason!r}")
 
 
+def _raise_own_error(value: Any, frame_error: SerializationError) -> NoReturn:
+    """Raise the error that names the user's value, not the frame that carried
+    it; its cause is the pickler's error. Called outside the frame error's
+    handler, so that error is not chained to it."""
+    try:
+        dumps(value)
+    except SerializationError as own:
+        error = own
+    else:
+        error = frame_error
+    raise error from error.__cause__
+
+
+def _strerror(exc: OSError) -> str:
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def _connect_failure(address: tuple[str, int], exc: BaseException) -> str:
+    """Why a connect failed, in words: unknown host, refused, cookie rejected, timeout."""
+    host, port = address
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {host!r}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused at {host}:{port} (no node listens there)"
+    if isinstance(exc, HandshakeError):
+        return f"the node at {host}:{port} rejected this node's cookie, or this node its: use the same cookie ({exc})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {host}:{port} in time ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return host == "localhost"
@@ -527,7 +576,11 @@ async def start(node: Node, config: NodeConfig) -> Distribution:
                         max_link_buffer=config.max_link_buffer)
     node.dist = dist
     if listen:
-        await dist.listen(host, port)
+        try:
+            await dist.listen(host, port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {_strerror(exc)}: choose another "
+                          "port (0: any free one) or stop the process that holds it") from exc
     else:
         dist.local = PeerInfo(node.name, node.creation, (host, 0), hidden)
     if peers:

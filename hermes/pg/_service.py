@@ -77,7 +77,28 @@ class _DirectoryServer(managers.Server):
     def handle_request(self, conn: connection.Connection) -> None:
         with socket.socket(fileno=os.dup(conn.fileno())) as sock:
             tune_socket(sock)
-        super().handle_request(conn)
+            try:
+                peer = "%s:%s" % sock.getpeername()[:2]
+            except OSError:
+                peer = "?"
+        super().handle_request(cast(connection.Connection, _AuthWatch(conn, peer)))
+
+
+class _AuthWatch:
+    """A connection that logs the one line a failed authentication deserves: the
+    stdlib server answers ``FAILURE`` to a wrong digest and says nothing."""
+
+    def __init__(self, conn: connection.Connection, peer: str) -> None:
+        self._conn = conn
+        self._peer = peer
+
+    def send_bytes(self, data: bytes, *args: Any) -> None:
+        if data == connection.FAILURE:  # type: ignore[attr-defined]  # the stdlib's own constant
+            log.warning("pg service: a client at %s failed authentication (wrong cookie)", self._peer)
+        self._conn.send_bytes(data, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 class DirectoryManager(managers.BaseManager):

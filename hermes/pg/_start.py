@@ -18,7 +18,8 @@ from ..mesh import of as dist_of
 from ..runtime.lowlevel import Node
 from ._client import ServiceClient
 from ._scope import Scope, Wiring, current_scope, get_scope
-from ._service import DEFAULT_PORT, ServiceConnection, ping_service, start_service_process
+from ._service import DEFAULT_PORT, ServiceConnection, start_service_process
+from ._wire import CookieRejected, check_service
 
 log = logging.getLogger("hermes.pg")
 SERVICE_IDLE_EXIT = 60.0  # a service a node started by itself outlives its last node by this
@@ -69,6 +70,8 @@ async def start(node: Node, config: NodeConfig) -> PgService:
         return PgService(node, None)
     address = parse_cluster(cluster)
     if dist.hidden:  # a hidden node only looks names up; it never registers
+        # a service that rejects the cookie is a configuration error, said at start
+        await node.loop.run_in_executor(None, check_service, address, dist.cookie)
         dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name))
         return PgService(node, None)
     await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl)
@@ -157,6 +160,9 @@ def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, in
     """Ask the service where ``name`` listens (blocking, brief: hidden nodes, the name check)."""
     try:
         conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup")
+    except CookieRejected as exc:
+        log.warning("cannot look up %s: %s", name, exc)
+        return None
     except (HermesError, OSError, AuthenticationError):
         return None
     try:
@@ -169,8 +175,10 @@ def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, in
 
 
 def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float) -> None:
-    """Blocking (run in a thread): make sure a service answers at ``address``."""
-    if ping_service(address, cookie):
+    """Blocking (run in a thread): make sure a service answers at ``address``.
+    A service that answers but rejects the cookie is ``CookieRejected`` at once:
+    waiting or starting another would not help."""
+    if check_service(address, cookie):
         return
     if not may_start:
         log.warning("no pg service answers at %s:%d yet; the node will keep trying", *address)
@@ -180,5 +188,5 @@ def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, le
                               idle_exit=SERVICE_IDLE_EXIT, detached=True)
         log.info("started the local pg service at %s:%d", *address)
     except (HermesError, OSError, RuntimeError) as exc:  # another node started it first
-        if not ping_service(address, cookie, timeout=2.0):
+        if not check_service(address, cookie, timeout=2.0):
             raise HermesError(f"no pg service at {address[0]}:{address[1]} and could not start one") from exc

@@ -29,7 +29,8 @@ from typing import Any
 
 from hermes._errors import HermesError, SerializationError
 
-__all__ = ["DIRECTORY_ID", "ServiceConnection", "ServiceUnavailable", "ping_service", "tune_socket"]
+__all__ = ["DIRECTORY_ID", "CookieRejected", "ServiceConnection", "ServiceUnavailable", "check_service",
+           "ping_service", "tune_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ Address = tuple[str, int]
 
 class ServiceUnavailable(HermesError, ConnectionError):
     """The pg service could not be reached, or the connection to it broke or timed out."""
+
+
+class CookieRejected(HermesError, AuthenticationError):
+    """A pg service answered but the cookies differ: a configuration error, not "not up yet"."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        super().__init__(f"the pg service at {address[0]}:{address[1]} rejected this node's cookie: "
+                         "use the same HERMES_COOKIE or ~/.hermes/cookie as the cluster")
 
 
 def tune_socket(sock: socket.socket, io_timeout: float | None = None) -> None:
@@ -72,8 +82,11 @@ class ServiceConnection:
             self._sock.settimeout(None)
             tune_socket(self._sock, timeout)
             self._conn = connection.Connection(os.dup(self._sock.fileno()))
-            connection.answer_challenge(self._conn, cookie)   # AuthenticationError: wrong cookie
-            connection.deliver_challenge(self._conn, cookie)
+            try:
+                connection.answer_challenge(self._conn, cookie)
+                connection.deliver_challenge(self._conn, cookie)
+            except AuthenticationError as exc:
+                raise CookieRejected(self.address) from exc
             self._request(None, "accept_connection", (name,))
         except (OSError, EOFError) as exc:
             self.close()
@@ -114,8 +127,18 @@ class ServiceConnection:
 def ping_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
     """True if a pg service answers at ``address`` with this cookie (within ``timeout``)."""
     try:
+        return check_service(address, cookie, timeout)
+    except CookieRejected as exc:
+        log.debug("%s", exc)
+        return False
+
+
+def check_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
+    """True if a pg service answers at ``address``, False if none does; ``CookieRejected``
+    if one answers but refuses this cookie."""
+    try:
         conn = ServiceConnection(address, cookie, timeout=timeout, name="hermes-ping")
-    except (ServiceUnavailable, AuthenticationError, managers.RemoteError) as exc:
+    except (ServiceUnavailable, managers.RemoteError) as exc:
         log.debug("no pg service at %s: %r", address, exc)
         return False
     try:

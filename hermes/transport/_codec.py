@@ -11,6 +11,11 @@ Rules:
   closures, local classes) *or* when the result names ``__main__``: pickle
   stores classes and functions by reference, and ``__main__`` on the receiving
   node is a different module, so the reference would not resolve there.
+  Modules registered with ``cloudpickle.register_pickle_by_value`` are treated
+  as ``__main__`` is: a pickle that names one is redone by cloudpickle, which
+  ships their code by value (the receiving node may not be able to import
+  them). This holds for every value, so code shipped by ``spawn(node=)``,
+  ``rpc`` and ``LocalCluster.rpc`` honours the registry too.
 - ``dumps_fn`` always uses cloudpickle, for shipping code (spawn on a node,
   rpc). Cloudpickle still pickles importable module-level functions by
   reference, which is what we want: the receiver runs its own copy.
@@ -45,6 +50,9 @@ PROTOCOL = 5
 _MAIN = b"__main__"
 _STACK_GLOBAL = pickle.STACK_GLOBAL[0]  # an int: ``in`` is then a memchr
 _pickle_dumps = pickle.dumps
+# cloudpickle's own registry (a set it mutates in place); read, never written here.
+# ``list_registry_pickle_by_value()`` would copy it on every call.
+_BY_VALUE: set[str] = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", set())
 # Pickle names the offending type in messages such as
 # "cannot pickle '_thread.lock' object" or "Can't pickle <function <lambda> at ...>".
 _INNER_TYPE = re.compile(r"(?:cannot|can't) pickle '([^']+)' object", re.IGNORECASE)
@@ -61,10 +69,17 @@ def dumps(obj: Any) -> bytes:
     try:
         data = _pickle_dumps(obj, PROTOCOL)
     except Exception:  # pickle raises PicklingError, TypeError, AttributeError, ...
-        return _cloudpickle(obj)
-    if _STACK_GLOBAL not in data or data.find(_MAIN) == -1:
-        return data
+        pass  # cloudpickle, below: outside this handler, so its error does not chain this one
+    else:
+        if _STACK_GLOBAL not in data or (data.find(_MAIN) == -1 and not (_BY_VALUE and _names_by_value(data))):
+            return data
     return _cloudpickle(obj)
+
+
+def _names_by_value(data: bytes) -> bool:
+    """True if the pickle may name a module registered by value (a false
+    positive only costs a cloudpickle)."""
+    return any(data.find(name.encode()) != -1 for name in _BY_VALUE)
 
 
 def dumps_fn(fn: Any) -> bytes:
