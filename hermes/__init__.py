@@ -14,6 +14,7 @@ from .runtime import (NOREPLY, Actor, Down, Exit, NodeDown, NodeUp, Pid, Ref, Su
                       connect, demonitor, disconnect, exit, link, monitor, monitor_node, monitor_nodes, node, nodes,
                       receive, register, reply, rpc, self, send, spawn, trap_exits, unlink, unregister,
                       whereis)
+from ._config import TLSConfig
 
 __all__ = [
     "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NoNode", "NodeDown", "NodeUp", "NotInActor",
@@ -23,4 +24,5 @@ __all__ = [
     "whereis", "pg", "registry", "LocalCluster", "subscribe", "unsubscribe", "publish", "broadcast_local",
     "subscribers",
 ]
+__all__ += ["TLSConfig"]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import logging
 from multiprocessing import AuthenticationError
 from typing import Any
 
-from .._config import NodeConfig, parse_address
+from .._config import NodeConfig, TLSConfig, parse_address
 from .._errors import HermesError
 from ..mesh import of as dist_of
 from ..runtime.lowlevel import Node
@@ -69,16 +69,18 @@ async def start(node: Node, config: NodeConfig) -> PgService:
         return PgService(node, None)
     address = parse_cluster(cluster)
     if dist.hidden:  # a hidden node only looks names up; it never registers
-        dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name))
+        dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name, config.tls))
         return PgService(node, None)
-    await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl)
+    await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl,
+                                    config.tls)
     loop = node.loop
 
     def on_event(kind: str, payload: Any) -> None:  # called on the client's threads
         loop.call_soon_threadsafe(_on_scope, node, "apply_feed", kind, payload)
 
     client = ServiceClient(address, dist.cookie, node.name, node.creation, tuple(dist.local.address),
-                           on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl)
+                           on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl,
+                           tls=config.tls)
     wiring.client = client
     wiring.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))
@@ -135,10 +137,11 @@ def _address_of(client: ServiceClient, name: str) -> tuple[str, int] | None:
     return tuple(entry[1]) if entry is not None and entry[1] is not None else None
 
 
-def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, int] | None:
+def _lookup(address: tuple[str, int], cookie: bytes, name: str,
+            tls: TLSConfig | None = None) -> tuple[str, int] | None:
     """Ask the service where ``name`` listens (blocking, brief: hidden nodes only)."""
     try:
-        conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup")
+        conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup", tls=tls)
     except (HermesError, OSError, AuthenticationError):
         return None
     try:
@@ -150,17 +153,18 @@ def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, in
     return tuple(entry[1]) if entry is not None and entry[1] is not None else None
 
 
-def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float) -> None:
+def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float,
+                    tls: TLSConfig | None = None) -> None:
     """Blocking (run in a thread): make sure a service answers at ``address``."""
-    if ping_service(address, cookie):
+    if ping_service(address, cookie, tls=tls):
         return
     if not may_start:
         log.warning("no pg service answers at %s:%d yet; the node will keep trying", *address)
         return
     try:
         start_service_process(address[0], address[1], cookie, lease_ttl=lease_ttl,
-                              idle_exit=SERVICE_IDLE_EXIT, detached=True)
+                              idle_exit=SERVICE_IDLE_EXIT, detached=True, tls=tls)
         log.info("started the local pg service at %s:%d", *address)
     except (HermesError, OSError, RuntimeError) as exc:  # another node started it first
-        if not ping_service(address, cookie, timeout=2.0):
+        if not ping_service(address, cookie, timeout=2.0, tls=tls):
             raise HermesError(f"no pg service at {address[0]}:{address[1]} and could not start one") from exc
