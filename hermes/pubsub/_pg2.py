@@ -232,13 +232,20 @@ def publish(topic: Any, msg: Any, *, exclude: Pid | None = None, node: str | Non
     if node is not None:
         remote = tuple(conn for conn in remote if conn.peer.name == node)
     if remote:
+        try:
+            hash(topic)  # an unhashable topic fails here, not on every other node
+        except TypeError:
+            raise TypeError(f"a topic must be hashable, not {type(topic).__name__}") from None
         try:  # pickled once, before anyone gets it; flat: ~15% faster than a nested tuple
             payload = dumps(("f", server.name, topic, msg, exclude))
         except SerializationError:
             dumps(msg)  # raise naming the message's own type, not our tuple's
             raise
-        for conn in remote:
-            conn.send_payload(payload)
+        try:
+            for conn in remote:  # the size check fails on the first one: nothing is sent
+                conn.send_payload(payload)
+        except SerializationError as exc:
+            raise SerializationError(type(msg).__qualname__, str(exc).partition(": ")[2]) from None
     if (node is None or node == server.node.name) and topic in server.registry.table:  # no call if no one
         _fan_out(server.registry, topic, msg, exclude)
 

@@ -162,7 +162,9 @@ class Connection(asyncio.Protocol):
         """
         size = len(payload)
         if not 0 < size <= self._max_frame:
-            raise ValueError(f"payload of {size} bytes (must be 1..{self._max_frame})")
+            if size:  # too big: the same error as send()'s, whoever pickled it
+                raise SerializationError("payload", f"pickled size {size} exceeds max_frame {self._max_frame}")
+            raise ValueError("an empty payload is a TICK, not a frame")
         if self.closed:
             return
         wbuf = self._wbuf
