@@ -179,7 +179,8 @@ def _describe(exc: BaseException) -> str:
         text = str(exc)
     except BaseException:
         text = "?"
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    text = " ".join(text[:200].split())  # one line, even for a multi-line message
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class DirectoryManager(managers.BaseManager):
