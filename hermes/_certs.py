@@ -84,10 +84,12 @@ def _dns(name: str) -> str:
 
 def _cryptography(out: Path, names: list[str]) -> list[Path]:
     try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        # an optional extra: mypy may not see it installed
+        from cryptography import x509  # type: ignore[import-not-found, unused-ignore]
+        from cryptography.hazmat.primitives import (  # type: ignore[import-not-found, unused-ignore]
+            hashes, serialization)
+        from cryptography.hazmat.primitives.asymmetric import ec  # type: ignore[import-not-found, unused-ignore]
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise RuntimeError("need the `openssl` command or the `cryptography` package "
                            "(pip install 'hermes[tls]') to write certificates") from None
@@ -129,7 +131,7 @@ def _cryptography(out: Path, names: list[str]) -> list[Path]:
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                       ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+                .sign(ca_key, hashes.SHA256()))
         pem, key_path = out / f"{name}.pem", out / f"{name}.key"
         pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         save_key(key, key_path)

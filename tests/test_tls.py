@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from multiprocessing import AuthenticationError
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,7 @@ import pytest
 
 import hermes
 from hermes import TLSConfig
-from hermes._errors import HermesError
 from hermes.pg.service import ServiceConnection, ServiceUnavailable, start_service_process
-from multiprocessing import AuthenticationError
 
 from _tls_peer import COOKIE, TOPIC, Relay, free_port, peer_node, wait_listening
 from conftest import wait_until
@@ -199,4 +198,3 @@ def test_tls_config_checks_its_files(tmp_path: Path) -> None:
         TLSConfig(tmp_path / "missing.pem", tmp_path / "missing.key", tmp_path / "ca.pem")
     with pytest.raises(TypeError, match="option tls"):
         hermes.run(lambda: None, name="x", tls="cert.pem")
-    assert HermesError  # imported for the namespace check below

@@ -90,7 +90,7 @@ class _DirectoryServer(managers.Server):
     tls_context: ssl.SSLContext | None = None  # set by serve()
     handshake_timeout = 5.0
 
-    def handle_request(self, conn: connection.Connection) -> None:  # type: ignore[override]
+    def handle_request(self, conn: connection.Connection) -> None:
         # The stdlib's version authenticates without a word on failure, and reads the
         # raw fd (no TLS): take the socket over, authenticate here, then serve as it does.
         sock = socket.socket(fileno=os.dup(conn.fileno()))
@@ -135,7 +135,7 @@ class _DirectoryServer(managers.Server):
         try:
             request = c.recv()
             ignore, funcname, args, kwds = request
-            assert funcname in self.public, "%r unrecognized" % funcname  # type: ignore[attr-defined]
+            assert funcname in self.public, "%r unrecognized" % funcname
             func = getattr(self, funcname)
         except Exception:
             msg: tuple[str, Any] = ("#TRACEBACK", format_exc())
