@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import pickle
 import random
@@ -22,10 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 import hermes
 from hermes.pg._wire import DIRECTORY_ID
 from hermes.pg.service import ServiceConnection, ServiceUnavailable, start_service_process
-from hermes.transport import Handshake, PeerInfo
+from hermes.transport import Handshake, PeerInfo, open_connection, start_listener
 from hermes.transport._handshake import MAGIC, State
 
 from _tls_peer import COOKIE, free_port, peer_node, wait_listening
@@ -260,3 +263,56 @@ def test_no_frame_stops_a_node(tmp_path: Path) -> None:
     finally:
         service.kill()
         service.wait(timeout=30)
+
+
+# -- one test per hostile case, on a real link in this process ------------------------------
+
+class Frames:
+    """A connection delegate that keeps the frames it gets and raises on ("raise", exc)."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+        self.closed: list[str] = []
+
+    def accept_peer(self, conn: Any, peer: Any) -> bool:
+        return True
+
+    def connection_established(self, conn: Any) -> None:
+        pass
+
+    def frame_received(self, conn: Any, obj: Any) -> None:
+        if type(obj) is tuple and obj[:1] == ("raise",):
+            exec(f"raise {obj[1]}(3)")  # a handler failing with anything at all
+        self.frames.append(obj)
+
+    def connection_closed(self, conn: Any, reason: str) -> None:
+        self.closed.append(reason)
+
+
+@pytest.mark.parametrize("where", ["unpickling", "handling"])
+@pytest.mark.parametrize("exc", RAISES)
+def test_a_frame_raising_anything_is_dropped_with_one_line(caplog: pytest.LogCaptureFixture, exc: str,
+                                                           where: str) -> None:
+    async def main() -> None:
+        server_side = Frames()
+        local = PeerInfo("server@host", 1, ("127.0.0.1", 0))
+        server = await start_listener(server_side, "127.0.0.1", 0, local=local, cookie=b"c")
+        port = server.sockets[0].getsockname()[1]
+        client = await open_connection(Frames(), "127.0.0.1", port, local=PeerInfo("client@host", 2,
+                                       ("127.0.0.1", 1)), cookie=b"c", timeout=30)
+        try:
+            if where == "unpickling":
+                client.send_payload(pickle.dumps(("m", 1, Raiser(exc)), 5))
+            else:
+                client.send(("raise", exc))
+            client.send("after")
+            await wait_until(lambda: server_side.frames == ["after"], timeout=30)
+            assert server_side.closed == []  # the link goes on, and so does this loop
+        finally:
+            client.close()
+            server.close()
+
+    with caplog.at_level(logging.DEBUG, logger="hermes.transport"):
+        asyncio.run(main())
+    drops = [r for r in caplog.records if "dropped a frame from client@host" in r.getMessage()]
+    assert len(drops) == 1 and exc in drops[0].getMessage() and "\n" not in drops[0].getMessage()
