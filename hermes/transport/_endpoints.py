@@ -110,7 +110,9 @@ async def _connect_tls(loop: asyncio.AbstractEventLoop, conn: Connection, host: 
         # server_hostname: SNI only; check_hostname is off (see _tls for why).
         await loop.create_connection(lambda: conn, host, port, ssl=context, server_hostname=host,
                                      ssl_handshake_timeout=timeout)
-    except (_ssl.SSLError, ConnectionError) as exc:
+    except (_ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        # refused during the TLS handshake (nothing listening is a plain ConnectionRefusedError:
+        # discovery retries it quietly, as without TLS)
         log.warning("TLS connection to %s:%s refused: %s", host, port, describe(exc))
         raise
 
