@@ -21,6 +21,7 @@ from ._join import wait_for_nodes
 from .pubsub import Subscription, subscription
 from .runtime import process_info
 from .mesh import drain, statistics
+from ._config import TLSConfig
 
 __all__ = [
     "NOREPLY", "Actor", "ActorExited", "Down", "Exit", "HermesError", "NoNode", "NodeDown", "NodeUp", "NotInActor",
@@ -35,4 +36,5 @@ __all__ = [
 ]
 from .pubsub import RedisPublisher  # noqa: E402
 __all__ += ["RedisPublisher"]
+__all__ += ["TLSConfig"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""``python -m hermes service | node | shell``: the command line.
+"""``python -m hermes service | node | shell | certs``: the command line.
 
 The node options (``--tick-interval``, ``--max-link-buffer``...) are made from
 ``NodeConfig``'s table, so the CLI, ``run`` and ``LocalCluster`` share one list
@@ -86,7 +86,25 @@ def _parser() -> argparse.ArgumentParser:
     shell = sub.add_parser("shell", help="an interactive node, or a shell attached to one")
     _node_options(shell, name_required=False)
     shell.add_argument("--remote", default=None, help="NAME@HOST of a running node to attach to")
+    _certs_command(sub)
     return parser
+
+
+def _certs_command(sub: Any) -> None:
+    certs = sub.add_parser("certs", help="write a test CA and a certificate + key per node name (TLS)")
+    certs.add_argument("dir", help="directory to write into (its ca.pem/ca.key are reused if present)")
+    certs.add_argument("names", nargs="+", metavar="NAME", help="node names: NAME.pem and NAME.key each")
+
+
+def _run_certs(args: argparse.Namespace) -> None:
+    from ._certs import write_certs
+
+    try:
+        written = write_certs(args.dir, args.names)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise SystemExit(f"hermes certs: {exc}") from None
+    for path in written:
+        print(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,7 +138,9 @@ def _main(args: argparse.Namespace) -> None:
     name = getattr(args, "name", None) or (f"remsh {remote}" if remote else args.command)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
-    if args.command == "service":
+    if args.command == "certs":
+        _run_certs(args)
+    elif args.command == "service":
         from .mesh import is_loopback
         from .pg.service import serve
         from .transport import resolve_cookie
@@ -132,7 +152,7 @@ def _main(args: argparse.Namespace) -> None:
         try:
             extra = {"log_size": args.log_size} if args.log_size is not None else {}
             serve(args.host, args.port, cookie=cookie.value, lease_ttl=args.lease_ttl, idle_exit=args.idle_exit,
-                  **extra)
+                  tls=TLSConfig.from_env(), **extra)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot serve on {args.host}:{args.port}: {os.strerror(exc.errno).lower()}: choose "
                           "another --port or stop the process that holds it") from exc

@@ -135,6 +135,13 @@ ROWS = [
         "same, send_payload before issue 11", ">= 0.95x", lambda h, b: _ratio(h, b) >= 0.95, 150),
     Row("drain_publish", 11, "pair", "publish to 1 remote subscriber, drain() every 1,000", "rate",
         "same, no drain", ">= 0.8x", lambda h, b: _ratio(h, b) >= 0.8, 120),
+    Row("tls_send", 12, "tls", "cross-node one-way send over TLS", "rate", "raw TCP, 64 KiB batches",
+        ">= 0.3x", lambda h, b: _ratio(h, b) >= 0.3, 150),
+    Row("tls_call", 12, "tls", "cross-node call round trip over TLS, p50", "us", "the same call without TLS",
+        "<= 2x", lambda h, b: _ratio(h, b) <= 2.0, 240),
+    # the service is off every hot path (DESIGN §5): its TLS cost is measured, not targeted
+    Row("tls_service_call", 12, "tls", "pg service call over TLS, p50", "us", "the same call without TLS",
+        "measured", lambda h, b: True, 90),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -1577,8 +1584,7 @@ def service_rows(settings: Settings) -> dict[str, Callable[[], Any]]:
 
 # ===========================================================================
 # Fixture: a redis-server and 3 nodes whose default PubSub goes through it (issue 14)
-# ===========================================================================
-
+# ====================================================================
 async def redis_publish_rate(topic: Any, count: int, chunk: int = 1000) -> float:
     """Publishes per second through this node's Redis adapter, from the first
     publish until the writer has sent them all to Redis."""
@@ -1690,6 +1696,86 @@ def redis_rows(c: LocalCluster, url: str, settings: Settings) -> dict[str, Calla
         return h, base, f"{count:,} publishes x {3 * subs} subscribers, one PUBLISH each"
 
     return {"redis_publish": redis_publish, "redis_fanout": redis_fanout}
+# ===========================================================================
+# TLS (issue 12): the same rows over a TLS pair and a plain pair, in one run
+# ===========================================================================
+
+def _tls_config(directory: Path, name: str) -> Any:
+    return hermes.TLSConfig(directory / f"{name}.pem", directory / f"{name}.key", directory / "ca.pem")
+
+
+def open_tls_clusters(settings: Settings, log_dir: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
+    from hermes._certs import write_certs
+
+    certs = Path(log_dir) / "certs"
+    write_certs(certs, ["bench-node", "bench-client"])
+    plain = LocalCluster(["benchpa", "benchpb"], log_dir=log_dir)
+    record_cluster(plain)
+    try:
+        secure = LocalCluster(["benchta", "benchtb"], log_dir=log_dir, tls=_tls_config(certs, "bench-node"))
+    except BaseException:
+        plain.stop()
+        raise
+    record_cluster(secure)
+
+    def close() -> None:
+        secure.stop()
+        plain.stop()
+
+    return tls_rows(plain, secure, certs, settings), close
+
+
+def service_call_p50_us(address: tuple[str, int], cookie: bytes, tls: Any, n: int) -> float:
+    from hermes.pg.service import ServiceConnection
+
+    conn = ServiceConnection(address, cookie, tls=tls)
+    try:
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter_ns()
+            conn.call("ping")
+            samples.append(time.perf_counter_ns() - t)
+    finally:
+        conn.close()
+    return percentile(samples, 0.5) / 1000
+
+
+def tls_rows(plain: LocalCluster, secure: LocalCluster, certs: Path,
+             settings: Settings) -> dict[str, Callable[[], Any]]:
+    pair_reps = settings.pair_reps
+
+    def rate(c: LocalCluster, n: int) -> Callable[[], float]:
+        a, b = c.nodes
+        sink = c.rpc(b, spawn_actor, Sink)
+        return lambda: c.rpc(a, send_rate, sink, n, timeout=60)  # type: ignore[no-any-return]
+
+    def p50(c: LocalCluster, n: int) -> Callable[[], float]:
+        a, b = c.nodes
+        echo = c.rpc(b, spawn_actor, Echo)
+        return lambda: c.rpc(a, call_p50_us, echo, n, timeout=60)  # type: ignore[no-any-return]
+
+    def tls_send() -> Any:
+        n = settings.n(300_000, 100_000)
+        over_tls, without = rate(secure, n), rate(plain, n)
+        h, raw = interleaved(pair_reps, over_tls, lambda: raw_send_rate(n), True)
+        base = max(without() for _ in range(pair_reps))
+        return h, raw, f"{n:,} msgs; the same send without TLS: {base / 1e6:.2f} M/s (TLS {h / base:.2f}x of it)"
+
+    def tls_call() -> Any:
+        n = settings.n(3_000, 1_000)
+        h, base = interleaved(pair_reps, p50(secure, n), p50(plain, n), False)
+        raw = min(raw_call_p50_us(n) for _ in range(pair_reps))
+        return h, base, f"{n:,} calls; raw TCP ping-pong p50 {raw:.1f} us"
+
+    def tls_service_call() -> Any:
+        n = settings.n(3_000, 1_000)
+        cookie_plain, cookie_tls = plain.cookie.encode(), secure.cookie.encode()
+        client = _tls_config(certs, "bench-client")
+        h, base = interleaved(pair_reps, lambda: service_call_p50_us(secure.service_address, cookie_tls, client, n),
+                              lambda: service_call_p50_us(plain.service_address, cookie_plain, None, n), False)
+        return h, base, f"{n:,} ping calls on one ServiceConnection"
+
+    return {"tls_send": tls_send, "tls_call": tls_call, "tls_service_call": tls_service_call}
 
 
 # ===========================================================================
@@ -1737,6 +1823,8 @@ def child_main(argv: list[str]) -> None:
         return
     if fixture == "redis":
         run_rows(rows, out, lambda: open_redis_fixture(settings, log_dir))
+    if fixture == "tls":
+        run_rows(rows, out, lambda: open_tls_clusters(settings, log_dir))
         return
     names = [f"bench{n}" for n in (["a", "b"] if fixture == "pair" else ["a", "b", "c"])]
 
@@ -1900,7 +1988,7 @@ def main() -> int:
     print(f"Hermes bench ({'quick' if options.quick else 'full'}), {len(rows)} rows; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; work folder {workdir}", flush=True)
     results: dict[str, dict[str, Any]] = {}
-    for fixture in ("local", "pair", "trio", "service", "redis"):
+    for fixture in ("local", "pair", "trio", "service", "redis", "tls"):
         chosen = [r for r in rows if r.fixture == fixture]
         if chosen:
             t0 = time.monotonic()

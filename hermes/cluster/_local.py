@@ -106,7 +106,7 @@ class LocalCluster:
         # not detached: the service is SIGKILLed when the thread that started it dies
         # (PR_SET_PDEATHSIG), so even a SIGKILLed driver leaves no service behind
         self._service = start_service_process(host, port, self.cookie.encode(), lease_ttl=self.lease_ttl,
-                                              log_path=self.log_dir / "service.log")
+                                              log_path=self.log_dir / "service.log", tls=self.config.tls)
 
     def kill_service(self) -> None:
         if self._service is not None:

@@ -152,6 +152,9 @@ def _on_spawn(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> N
 
 def _on_rpc(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     _, ref, fn, args, kwargs = frame
+    if type(ref) is not Ref or type(args) is not tuple or type(kwargs) is not dict:  # else its actor would crash
+        raise TypeError(f"rpc frame of a wrong shape ({type(ref).__name__}, {type(args).__name__}, "
+                        f"{type(kwargs).__name__})")
     dist.node.spawn(rpc_body, (fn, args, kwargs, ref), {}, parent=None, link=False)
 
 

@@ -30,11 +30,12 @@ import secrets
 import socket
 from typing import Any, Callable, NoReturn, cast
 
-from .._config import NodeConfig, parse_address
+from .._config import NodeConfig, TLSConfig, parse_address
 from .._errors import HandshakeError, HermesError, RemoteError, SerializationError
 from ..runtime import NodeDown, NodeUp, Pid, Ref
 from ..runtime.lowlevel import Node
-from ..transport import Connection, PeerInfo, PeerRefusedError, dumps, open_connection, resolve_cookie, start_listener
+from ..transport import (Connection, PeerInfo, PeerRefusedError, client_context, dumps, open_connection, resolve_cookie,
+                         server_context, start_listener)
 from ._frames import HANDLERS, unsendable_reply
 
 log = logging.getLogger("hermes.mesh")
@@ -52,9 +53,12 @@ class Distribution:
 
     def __init__(self, node: Node, cookie: bytes, *, hidden: bool = False, tick_interval: float = 1.0,
                  max_frame: int = 64 * 2**20, connect_timeout: float = 5.0,
-                 max_link_buffer: int = 64 * 2**20) -> None:
+                 max_link_buffer: int = 64 * 2**20, tls: TLSConfig | None = None) -> None:
         self.node = node
         self.max_link_buffer = max_link_buffer
+        # TLS: built once, shared by every link (a context is costly to make, cheap to use)
+        self.server_ssl = server_context(tls) if tls is not None else None
+        self.client_ssl = client_context(tls) if tls is not None else None
         self.cookie = cookie
         self.hidden = hidden
         self.tick_interval = tick_interval
@@ -95,7 +99,8 @@ class Distribution:
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         self.local = PeerInfo(self.node.name, self.node.creation, (host, port), self.hidden)
         self.server = await start_listener(self, host, port, local=self.local, cookie=self.cookie,
-                                           tick_interval=self.tick_interval, max_frame=self.max_frame)
+                                           tick_interval=self.tick_interval, max_frame=self.max_frame,
+                                           ssl=self.server_ssl)
         bound = self.server.sockets[0].getsockname()[:2]
         self.local = PeerInfo(self.node.name, self.node.creation, (host, bound[1]), self.hidden)
         log.debug("node %s listening on %s:%d", self.node.name, host, bound[1])
@@ -299,7 +304,7 @@ class Distribution:
         try:
             conn = await open_connection(self, address[0], address[1], local=self.local, cookie=self.cookie,
                                          timeout=self.connect_timeout, tick_interval=self.tick_interval,
-                                         max_frame=self.max_frame)
+                                         max_frame=self.max_frame, ssl=self.client_ssl)
         except PeerRefusedError:
             # refused at the handshake: a duplicate (we may be connected the other way)
             return await self._wait_connected(expect, address)
@@ -573,7 +578,7 @@ async def start(node: Node, config: NodeConfig) -> Distribution:
                           "cannot know it. Pass cookie=, set HERMES_COOKIE or write ~/.hermes/cookie.")
     dist = Distribution(node, resolved.value, hidden=hidden, tick_interval=config.tick_interval,
                         max_frame=config.max_frame, connect_timeout=config.connect_timeout,
-                        max_link_buffer=config.max_link_buffer)
+                        max_link_buffer=config.max_link_buffer, tls=config.tls)
     node.dist = dist
     if listen:
         try:

@@ -38,6 +38,7 @@ from multiprocessing import AuthenticationError, managers
 from typing import Any, Callable
 
 from hermes._errors import HermesError
+from hermes._config import TLSConfig
 from hermes.pg._wire import ServiceConnection, ServiceUnavailable, ping_service
 
 __all__ = ["ServiceClient", "ServiceConnection", "ServiceUnavailable", "ping_service"]
@@ -70,10 +71,12 @@ class ServiceClient:
         self, address: tuple[str, int], cookie: bytes, name: Any, creation: int, node_address: Any, *,
         on_event: OnEvent, local_memberships: Callable[[], dict[Any, list[Any]]],
         lease_ttl_hint: float = 3.0, poll_timeout: float = 1.0, call_timeout: float | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.address = (address[0], int(address[1]))
         self.name, self.creation, self.node_address = name, creation, node_address
         self._cookie = cookie
+        self._tls = tls
         self._on_event = on_event
         self._local_memberships = local_memberships
         self._lease_ttl = lease_ttl_hint
@@ -344,7 +347,8 @@ class ServiceClient:
     # -- helpers ---------------------------------------------------------------------------
 
     def _connect(self, io_timeout: float) -> ServiceConnection:
-        return ServiceConnection(self.address, self._cookie, timeout=io_timeout, name=f"hermes-pg[{self.name}]")
+        return ServiceConnection(self.address, self._cookie, timeout=io_timeout, name=f"hermes-pg[{self.name}]",
+                                 tls=self._tls)
 
     def _deliver(self, kind: str, payload: Any) -> None:
         try:

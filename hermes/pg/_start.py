@@ -12,7 +12,7 @@ import logging
 from multiprocessing import AuthenticationError
 from typing import Any
 
-from .._config import NodeConfig, parse_address
+from .._config import NodeConfig, TLSConfig, parse_address
 from .._errors import HermesError, NameInUse
 from ..mesh import of as dist_of
 from ..runtime.lowlevel import Node
@@ -71,18 +71,20 @@ async def start(node: Node, config: NodeConfig) -> PgService:
     address = parse_cluster(cluster)
     if dist.hidden:  # a hidden node only looks names up; it never registers
         # a service that rejects the cookie is a configuration error, said at start
-        await node.loop.run_in_executor(None, check_service, address, dist.cookie)
-        dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name))
+        await node.loop.run_in_executor(None, lambda: check_service(address, dist.cookie, tls=config.tls))
+        dist.resolvers.append(lambda name: _lookup(address, dist.cookie, name, config.tls))
         return PgService(node, None)
-    await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl)
-    await _claim_name(node, address, dist.cookie, config.connect_timeout)
+    await node.loop.run_in_executor(None, _ensure_service, address, dist.cookie, cluster == "local", lease_ttl,
+                                    config.tls)
+    await _claim_name(node, address, dist.cookie, config.connect_timeout, config.tls)
     loop = node.loop
 
     def on_event(kind: str, payload: Any) -> None:  # called on the client's threads
         loop.call_soon_threadsafe(_on_scope, node, "apply_feed", kind, payload)
 
     client = ServiceClient(address, dist.cookie, node.name, node.creation, tuple(dist.local.address),
-                           on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl)
+                           on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl,
+                           tls=config.tls)
     wiring.client = client
     wiring.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))
@@ -134,13 +136,14 @@ def _node_down(node: Node, wiring: Wiring, name: str, creation: int, lost: bool)
     scope.visibility_changed(name, was)
 
 
-async def _claim_name(node: Node, service: tuple[str, int], cookie: bytes, timeout: float) -> None:
+async def _claim_name(node: Node, service: tuple[str, int], cookie: bytes, timeout: float,
+                      tls: TLSConfig | None = None) -> None:
     """``NameInUse`` if the directory lists our name at an address where a node
     still listens. A holder that is dead (killed, its lease not yet run out)
     refuses the connection: we start at once and our newer creation replaces it.
     (Two nodes that start with one name at the same instant are settled after
     registering: see ``_join``.)"""
-    holder = await node.loop.run_in_executor(None, _lookup, service, cookie, node.name)
+    holder = await node.loop.run_in_executor(None, _lookup, service, cookie, node.name, tls)
     if holder is None:
         return
     try:
@@ -156,10 +159,11 @@ def _address_of(client: ServiceClient, name: str) -> tuple[str, int] | None:
     return tuple(entry[1]) if entry is not None and entry[1] is not None else None
 
 
-def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, int] | None:
+def _lookup(address: tuple[str, int], cookie: bytes, name: str,
+            tls: TLSConfig | None = None) -> tuple[str, int] | None:
     """Ask the service where ``name`` listens (blocking, brief: hidden nodes, the name check)."""
     try:
-        conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup")
+        conn = ServiceConnection(address, cookie, timeout=2.0, name="hermes-lookup", tls=tls)
     except CookieRejected as exc:
         log.warning("cannot look up %s: %s", name, exc)
         return None
@@ -174,19 +178,20 @@ def _lookup(address: tuple[str, int], cookie: bytes, name: str) -> tuple[str, in
     return tuple(entry[1]) if entry is not None and entry[1] is not None else None
 
 
-def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float) -> None:
+def _ensure_service(address: tuple[str, int], cookie: bytes, may_start: bool, lease_ttl: float,
+                    tls: TLSConfig | None = None) -> None:
     """Blocking (run in a thread): make sure a service answers at ``address``.
     A service that answers but rejects the cookie is ``CookieRejected`` at once:
     waiting or starting another would not help."""
-    if check_service(address, cookie):
+    if check_service(address, cookie, tls=tls):
         return
     if not may_start:
         log.warning("no pg service answers at %s:%d yet; the node will keep trying", *address)
         return
     try:
         start_service_process(address[0], address[1], cookie, lease_ttl=lease_ttl,
-                              idle_exit=SERVICE_IDLE_EXIT, detached=True)
+                              idle_exit=SERVICE_IDLE_EXIT, detached=True, tls=tls)
         log.info("started the local pg service at %s:%d", *address)
     except (HermesError, OSError, RuntimeError) as exc:  # another node started it first
-        if not check_service(address, cookie, timeout=2.0):
+        if not check_service(address, cookie, timeout=2.0, tls=tls):
             raise HermesError(f"no pg service at {address[0]}:{address[1]} and could not start one") from exc

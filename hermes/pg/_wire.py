@@ -13,24 +13,35 @@ Rules:
 - ``OSError``/``EOFError`` become ``ServiceUnavailable`` here, at this one
   boundary; a request that fails to pickle raises ``SerializationError`` and
   leaves the connection usable.
+- TLS (``tls=`` a ``TLSConfig``): the socket is an ``ssl.SSLSocket`` (mutual,
+  the node's own certificate and CA) and the manager protocol, cookie
+  challenge included, runs inside it through ``SocketConnection``: the stdlib
+  ``Connection`` reads and writes the raw fd, which would bypass TLS. Its
+  waits are then the socket's timeout (``settimeout``), as TLS needs a socket
+  object, not SO_RCVTIMEO on a raw fd.
 
 What it must not know: sessions, leases, memberships, or what the directory's
 methods mean (``_client`` and ``_service`` do); asyncio, actors, pids.
 """
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 import pickle
 import socket
+import ssl
 import struct
 from multiprocessing import AuthenticationError, connection, managers
 from typing import Any
 
+from hermes._config import TLSConfig
 from hermes._errors import HermesError, SerializationError
+from hermes.transport import client_context
 
-__all__ = ["DIRECTORY_ID", "CookieRejected", "ServiceConnection", "ServiceUnavailable", "check_service",
-           "ping_service", "tune_socket"]
+__all__ = ["DIRECTORY_ID", "CookieRejected", "ServiceConnection", "ServiceUnavailable", "SocketConnection",
+           "check_service", "ping_service", "tune_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +76,39 @@ def tune_socket(sock: socket.socket, io_timeout: float | None = None) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
+class SocketConnection(connection.Connection):
+    """``multiprocessing.connection.Connection`` over a socket object (an ``ssl.SSLSocket``):
+    the same message format, written and read through the socket instead of its raw fd."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        super().__init__(sock.fileno())
+
+    def _send(self, buf: Any, write: Any = None) -> None:
+        self._sock.sendall(buf)
+
+    def _recv(self, size: int, read: Any = None) -> io.BytesIO:
+        buf = io.BytesIO()
+        remaining = size
+        while remaining > 0:
+            chunk = self._sock.recv(min(remaining, 1 << 20))
+            if not chunk:
+                if remaining == size:
+                    raise EOFError
+                raise OSError("got end of file during message")
+            buf.write(chunk)
+            remaining -= len(chunk)
+        return buf
+
+    def _close(self, _close: Any = None) -> None:
+        self._sock.close()
+
+
+@functools.lru_cache(maxsize=4)
+def _client_context(tls: TLSConfig) -> ssl.SSLContext:
+    return client_context(tls)  # made once per config: loading a key costs a millisecond or more
+
+
 class ServiceConnection:
     """One authenticated manager connection bound to the Directory; every wait is bounded.
 
@@ -72,16 +116,22 @@ class ServiceConnection:
     thread to wake a blocked call (it then fails with ``ServiceUnavailable``).
     """
 
-    def __init__(self, address: Address, cookie: bytes, *, timeout: float = 2.0, name: str = "hermes-pg") -> None:
+    def __init__(self, address: Address, cookie: bytes, *, timeout: float = 2.0, name: str = "hermes-pg",
+                 tls: TLSConfig | None = None) -> None:
         self.address = (address[0], int(address[1]))
         try:
             self._sock = socket.create_connection(self.address, timeout=timeout)
         except OSError as exc:
             raise ServiceUnavailable(f"cannot connect to the pg service at {self.address}: {exc}") from exc
         try:
-            self._sock.settimeout(None)
-            tune_socket(self._sock, timeout)
-            self._conn = connection.Connection(os.dup(self._sock.fileno()))
+            if tls is not None:
+                tune_socket(self._sock)
+                self._sock = _client_context(tls).wrap_socket(self._sock, server_hostname=self.address[0])
+                self._conn: connection.Connection = SocketConnection(self._sock)
+            else:
+                self._sock.settimeout(None)
+                tune_socket(self._sock, timeout)
+                self._conn = connection.Connection(os.dup(self._sock.fileno()))
             try:
                 connection.answer_challenge(self._conn, cookie)
                 connection.deliver_challenge(self._conn, cookie)
@@ -124,20 +174,20 @@ class ServiceConnection:
         raise managers.convert_to_error(kind, result)  # type: ignore[attr-defined]  # private, as the proxies use it
 
 
-def ping_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
+def ping_service(address: Address, cookie: bytes, timeout: float = 1.0, *, tls: TLSConfig | None = None) -> bool:
     """True if a pg service answers at ``address`` with this cookie (within ``timeout``)."""
     try:
-        return check_service(address, cookie, timeout)
+        return check_service(address, cookie, timeout, tls=tls)
     except CookieRejected as exc:
         log.debug("%s", exc)
         return False
 
 
-def check_service(address: Address, cookie: bytes, timeout: float = 1.0) -> bool:
+def check_service(address: Address, cookie: bytes, timeout: float = 1.0, *, tls: TLSConfig | None = None) -> bool:
     """True if a pg service answers at ``address``, False if none does; ``CookieRejected``
     if one answers but refuses this cookie."""
     try:
-        conn = ServiceConnection(address, cookie, timeout=timeout, name="hermes-ping")
+        conn = ServiceConnection(address, cookie, timeout=timeout, name="hermes-ping", tls=tls)
     except (ServiceUnavailable, managers.RemoteError) as exc:
         log.debug("no pg service at %s: %r", address, exc)
         return False

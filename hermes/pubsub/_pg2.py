@@ -67,11 +67,22 @@ class PGServer(Adapter):
             self.dist.multicast((node,), self._frame(topic, msg, exclude))  # type: ignore[union-attr]
 
     def _frame(self, topic: Any, msg: Any, exclude: Pid | None) -> bytes:
+        """The one pickled frame of a publish, checked before any node gets it:
+        an unhashable topic, an unpicklable or oversized message raise here."""
+        try:
+            hash(topic)  # would fail on every other node instead
+        except TypeError:
+            raise TypeError(f"a topic must be hashable, not {type(topic).__name__}") from None
         try:  # pickled once, before anyone gets it; flat: ~15% faster than a nested tuple
-            return dumps(("f", self.name, topic, msg, exclude))
+            payload = dumps(("f", self.name, topic, msg, exclude))
         except SerializationError:
             dumps(msg)  # raise naming the message's own type, not our tuple's
             raise
+        limit = self.dist.max_frame  # type: ignore[union-attr]
+        if len(payload) > limit:
+            raise SerializationError(type(msg).__qualname__,
+                                     f"{len(payload):,} bytes pickled is more than max_frame ({limit:,})")
+        return payload
 
     def handle_info(self, msg: Any) -> None:
         if type(msg) is tuple and len(msg) == 4 and msg[0] == FORWARD:

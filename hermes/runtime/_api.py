@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .._errors import ActorExited, HermesError, NotInActor
 from . import _node as _nodemod
-from ._actor import Call, Cast
+from ._actor import Actor, Call, Cast
 from ._flow import options_of as flow_options_of
 from ._flow import process_info as _process_info
 from ._messages import Down
@@ -81,6 +81,14 @@ def monitor_nodes(flag: bool = True) -> None:
         proc.node.all_node_watchers.discard(proc.pid)
 
 
+def _check_timeout(timeout: Any) -> None:
+    """``timeout`` of call/receive/rpc: seconds >= 0 (``None``: no limit). NaN is no number of seconds."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout is a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0:  # false for NaN too
+        raise ValueError(f"timeout must be a number of seconds >= 0, or None; not {timeout!r}")
+
+
 # -- spawning and messages --------------------------------------------------
 
 def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, **kwargs: Any) -> Pid:
@@ -95,6 +103,9 @@ def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, 
         raise NotInActor("spawn(..., link=True) must be called from inside an actor")
     if node is None or node == node_.name:
         return node_.spawn(target, args, kwargs, parent=parent, link=link)
+    if not (callable(target) or isinstance(target, type) and issubclass(target, Actor)):
+        # checked here, as a local spawn does: the other node would only log it
+        raise TypeError(f"spawn target must be an Actor subclass or an async function, not {target!r}")
     if node_.dist is None:
         raise HermesError(f"cannot spawn on {node}: this node is not distributed")
     flow_options_of(target, dict(kwargs))  # ValueError/TypeError before anything leaves the node
@@ -120,6 +131,8 @@ async def receive(match: Callable[[Any], bool] | None = None, timeout: float | N
     """The next message, or the first for which ``match(msg)`` is true; the
     others stay queued in order. ``TimeoutError`` after ``timeout`` seconds."""
     proc = _caller("receive")
+    if timeout is not None:
+        _check_timeout(timeout)
     mailbox = proc.mailbox
     if match is None and mailbox:
         return mailbox.popleft()
@@ -166,6 +179,8 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
     ``TimeoutError`` after ``timeout`` seconds; ``ActorExited`` if the callee is
     dead or dies before replying."""
     node_ = _nodemod.get()
+    if timeout is not None:
+        _check_timeout(timeout)  # before anything is sent
     loop = node_.loop
     target: Any
     if type(dest) is tuple and len(dest) == 2 and isinstance(dest[0], str) and dest[1] != node_.name:
@@ -247,6 +262,8 @@ def reply(ref: Ref, value: Any) -> None:
 def link(pid: Pid) -> None:
     """Link the caller and ``pid``: when one exits abnormally, so does the other."""
     proc = _caller("link")
+    if type(pid) is not Pid:  # as monitor and exit: a wrong argument is an error, not a no-op
+        raise TypeError(f"link takes a pid, not {pid!r}")
     if pid == proc.pid or (proc.links is not None and pid in proc.links):
         return
     proc.node.link_pair(proc, pid)
@@ -346,6 +363,8 @@ async def rpc(node: str, fn: Callable[..., Any], /, *args: Any, timeout: float |
     """Run ``fn(*args, **kwargs)`` as a temporary actor on ``node``; return its
     result or raise its exception."""
     node_ = _nodemod.get()
+    if timeout is not None:
+        _check_timeout(timeout)
     ref = node_.make_ref()
     fut: asyncio.Future[Any] = node_.loop.create_future()
     node_.pending[ref] = fut

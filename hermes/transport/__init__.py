@@ -8,7 +8,8 @@
   of a peer is unpickled before it succeeds.
 - ``connection``: one authenticated, length-prefixed, size-limited framed
   link with ticks and coalesced writes; it tells a delegate what happens.
-- ``endpoints``: listening and connecting.
+- ``endpoints``: listening and connecting (over TLS when given a context).
+- ``tls``: the ``ssl`` contexts of a ``TLSConfig`` (mutual, CERT_REQUIRED, TLS >= 1.2).
 
 The mesh (``hermes.mesh``) is its only user inside a node; the layers above
 never see a ``Connection``.
@@ -22,9 +23,11 @@ from ._cookie import ENV_VAR as COOKIE_ENV_VAR
 from ._cookie import ResolvedCookie, resolve_cookie
 from ._endpoints import open_connection, start_listener
 from ._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo
+from ._tls import client_context, server_context
 
 __all__ = [
     "COOKIE_ENV_VAR", "DEFAULT_MAX_FRAME", "FRAME_HEADER", "Connection", "ConnectionDelegate",
     "ConnectionStatistics", "Handshake", "HandshakeRefused", "PeerInfo", "PeerRefusedError", "ResolvedCookie",
     "dumps", "dumps_fn", "loads", "open_connection", "resolve_cookie", "start_listener",
+    "client_context", "server_context",
 ]

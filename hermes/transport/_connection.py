@@ -169,7 +169,9 @@ class Connection(asyncio.Protocol):
         """
         size = len(payload)
         if not 0 < size <= self._max_frame:
-            raise ValueError(f"payload of {size} bytes (must be 1..{self._max_frame})")
+            if size:  # too big: the same error as send()'s, whoever pickled it
+                raise SerializationError("payload", f"pickled size {size} exceeds max_frame {self._max_frame}")
+            raise ValueError("an empty payload is a TICK, not a frame")
         if self.closed:
             return
         wbuf = self._wbuf
@@ -268,15 +270,18 @@ class Connection(asyncio.Protocol):
                     break
                 if size:
                     frames += 1
+                    # BaseException, not Exception: a pickle's __reduce__ may raise SystemExit,
+                    # KeyboardInterrupt or GeneratorExit, and no peer's bytes may stop the node.
+                    # (The node's own shutdown never comes through a frame: it is node.stop.)
                     try:
                         obj = loads(view[pos + _HEADER_SIZE : end])
-                    except Exception as exc:  # any unpickling failure: drop the frame, keep the link
+                    except BaseException as exc:  # any unpickling failure: drop the frame, keep the link
                         self._drop_undecodable(exc)
                     else:
                         try:
                             deliver(self, obj)
-                        except Exception:
-                            log.exception("delegate failed on a frame from %s", self._who())
+                        except BaseException as exc:
+                            self._handler_failed(exc)
                 else:
                     ticks += 1
                 pos = end
@@ -286,10 +291,16 @@ class Connection(asyncio.Protocol):
         self._ticks_in += ticks
         return pos
 
-    def _drop_undecodable(self, exc: Exception) -> None:
+    def _drop_undecodable(self, exc: BaseException) -> None:
         self._undecodable += 1
         # No exc_info: a kept traceback would pin the receive buffer's view.
-        log.warning("dropped a frame from %s that failed to unpickle: %s: %s", self._who(), type(exc).__name__, exc)
+        log.warning("dropped a frame from %s that failed to unpickle: %s", self._who(), _describe(exc))
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        # One line names the peer; the traceback (a bug of ours, or a frame of a wrong
+        # shape) only at debug level, so that a hostile peer cannot flood the log.
+        log.error("dropped a frame from %s: handling it raised %s", self._who(), _describe(exc))
+        log.debug("traceback of the failed frame from %s", self._who(), exc_info=exc)
 
     def _oversized(self, size: int) -> None:
         log.warning("%s announced a frame of %d bytes (max_frame %d); closing", self._who(), size, self._max_frame)
@@ -325,6 +336,10 @@ class Connection(asyncio.Protocol):
         except HandshakeError as exc:
             log.warning("handshake with %s failed: %s", self._address, exc)
             self._fail(f"handshake failed: {exc}", exc)
+            return
+        except BaseException as exc:  # whatever the peer's bytes make the parser raise: drop the connection
+            log.warning("handshake with %s failed: %s", self._address, _describe(exc))
+            self._fail("handshake failed", HandshakeError(f"bad handshake from {self._address}"))
             return
         if handshake.state is State.REFUSED:
             self.close("peer not accepted")  # graceful, so that the NOK reaches the connector
@@ -554,6 +569,16 @@ def _check_options(max_frame: int, tick_interval: float, handshake_timeout: floa
         raise ValueError(f"max_frame must be in 1..2**32-1, not {max_frame}")
     if tick_interval <= 0 or handshake_timeout <= 0:
         raise ValueError("tick_interval and handshake_timeout must be positive")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception a peer's bytes raised; its ``__str__`` may raise too."""
+    try:
+        text = str(exc)
+    except BaseException:  # a hostile exception's __str__: name its type only
+        text = "?"
+    text = " ".join(text[:200].split())  # one line, even for a multi-line message
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _set_nodelay(transport: asyncio.Transport) -> None:
