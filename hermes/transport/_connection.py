@@ -280,8 +280,9 @@ class Connection(asyncio.Protocol):
     # -- handshake -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # No isinstance check: uvloop's transports are not asyncio.Transport
+        # subclasses, only the same interface.
+        self._transport = transport  # type: ignore[assignment]
         self._address = _format_address(transport.get_extra_info("peername"))
         _set_nodelay(transport)
         assert self._handshake is not None
@@ -455,7 +456,7 @@ def _check_options(max_frame: int, tick_interval: float, handshake_timeout: floa
         raise ValueError("tick_interval and handshake_timeout must be positive")
 
 
-def _set_nodelay(transport: asyncio.Transport) -> None:
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
