@@ -113,6 +113,14 @@ ROWS = [
         "pickled message size", "<= 1.1x", lambda h, b: _ratio(h, b) <= 1.1, 60),
     Row("service_churn", 4, "service", "pg service: 50 nodes x 1,000 groups churn, worst lag", "s", "",
         "< 1 s", lambda h, b: h < 1.0, 240),
+    Row("asyncio_pingpong", 15, "scale", "ping-pong, asyncio loop at both ends, p50", "us",
+        "raw TCP ping-pong", "diagnostic", lambda h, b: True, 60),
+    Row("uvloop_pingpong", 15, "scale", "ping-pong, uvloop at both ends, p50", "us",
+        "raw TCP ping-pong", "diagnostic", lambda h, b: True, 60),
+    Row("cluster_start", 15, "scale", "LocalCluster of N nodes whole", "s", "N `import hermes` processes",
+        "< 10 s", lambda h, b: h < 10.0, 240),
+    Row("idle_cpu", 15, "scale", "N idle nodes + service, CPU over 10 s", "%", "N idle asyncio processes",
+        "< 20 % of one core", lambda h, b: h < 20.0, 240),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -685,7 +693,15 @@ class FrameProtocol(asyncio.Protocol):
         self.transport.write(FRAME.pack(len(payload)) + payload)
 
 
-def asyncio_echo(control: Any) -> None:
+def _loop_factory(loop: str) -> Any:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
+def asyncio_echo(control: Any, loop: str = "asyncio") -> None:
     """Helper process: an asyncio server answering ``("call", request, ref)`` frames."""
 
     async def serve() -> None:
@@ -703,10 +719,11 @@ def asyncio_echo(control: Any) -> None:
             await accepted[0].closed
         server.close()
 
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        runner.run(serve())
 
 
-def asyncio_call_p50_us(n: int) -> float:
+def asyncio_call_p50_us(n: int, loop: str = "asyncio") -> float:
     """p50 of a ping-pong of length-prefixed pickles with an asyncio loop at both ends."""
 
     async def client(port: int) -> float:
@@ -725,8 +742,8 @@ def asyncio_call_p50_us(n: int) -> float:
         proto.transport.close()
         return percentile(samples, 0.5) / 1000
 
-    with helper(asyncio_echo) as control:
-        return asyncio.run(client(_recv(control)))
+    with helper(asyncio_echo, loop) as control, asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        return runner.run(client(_recv(control)))
 
 
 def hostile_peers(control: Any, address: tuple[str, int], idle: int, garbage: int) -> None:
@@ -1138,6 +1155,86 @@ class RowTimeout(Exception):
 _PIDFILE: str | None = None
 
 
+# ===========================================================================
+# Fixture: scale (issue 15) -- loops, cluster start, idle cost
+# ===========================================================================
+
+def scale_rows(settings: Settings, log_dir: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
+    count = settings.n(80, 30)
+    clusters: list[LocalCluster] = []
+
+    def pingpong(loop: str) -> Callable[[], Any]:
+        def row() -> Any:
+            n = settings.n(10_000, 3_000)
+            h, base = interleaved(settings.pair_reps, lambda: asyncio_call_p50_us(n, loop),
+                                  lambda: raw_call_p50_us(n), False)
+            return h, base, f"{n:,} round trips of length-prefixed pickles"
+        return row
+
+    def cluster_start() -> Any:
+        base = parallel_imports_seconds(count)
+        t0 = time.monotonic()
+        cluster = LocalCluster([f"idle{i}" for i in range(count)], log_dir=log_dir, startup_timeout=180)
+        elapsed = time.monotonic() - t0
+        clusters.append(cluster)
+        record_cluster(cluster)
+        return elapsed, base, f"{count} nodes, every one seeing every other"
+
+    def idle_cpu() -> Any:
+        if not clusters:
+            clusters.append(LocalCluster([f"idle{i}" for i in range(count)], log_dir=log_dir,
+                                         startup_timeout=180))
+            record_cluster(clusters[0])
+        cluster = clusters[0]
+        pids = [p.proc.pid for p in cluster._nodes.values()] + [cluster._service.pid]  # type: ignore[union-attr]
+        time.sleep(2.0)  # the start-up's work is done
+        hermes_pct = cpu_percent(pids, 10.0)
+        procs = [subprocess.Popen([sys.executable, "-c", "import asyncio; asyncio.run(asyncio.sleep(600))"])
+                 for _ in range(count)]
+        try:
+            for proc in procs:
+                record_pid(proc.pid)
+            time.sleep(2.0)
+            base_pct = cpu_percent([p.pid for p in procs], 10.0)
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+        return hermes_pct, base_pct, f"{count} nodes and their pg service, % of one core"
+
+    def close() -> None:
+        for cluster in clusters:
+            cluster.stop()
+
+    return ({"asyncio_pingpong": pingpong("asyncio"), "uvloop_pingpong": pingpong("uvloop"),
+             "cluster_start": cluster_start, "idle_cpu": idle_cpu}, close)
+
+
+def parallel_imports_seconds(count: int) -> float:
+    """Seconds for ``count`` processes that only ``import hermes``, started at once."""
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", "import hermes"], cwd=str(ROOT)) for _ in range(count)]
+    for proc in procs:
+        proc.wait()
+    return time.monotonic() - t0
+
+
+def cpu_percent(pids: list[int], seconds: float) -> float:
+    """CPU used by ``pids`` (user + system, /proc/PID/stat) over ``seconds``, in % of one core."""
+    def ticks() -> int:
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total
+
+    before, t0 = ticks(), time.monotonic()
+    time.sleep(seconds)
+    used, elapsed = ticks() - before, time.monotonic() - t0
+    return 100.0 * used / os.sysconf("SC_CLK_TCK") / elapsed
+
+
 def record_pid(pid: int) -> None:
     if _PIDFILE:
         with open(_PIDFILE, "a") as f:
@@ -1169,6 +1266,9 @@ def child_main(argv: list[str]) -> None:
 
     if fixture == "service":
         run_rows(rows, out, lambda: (service_rows(settings), lambda: None))
+        return
+    if fixture == "scale":
+        run_rows(rows, out, lambda: scale_rows(settings, log_dir))
         return
     names = [f"bench{n}" for n in (["a", "b"] if fixture == "pair" else ["a", "b", "c"])]
 
@@ -1278,6 +1378,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "s":
         return f"{value:.3f} s"
+    if unit == "%":
+        return f"{value:.1f} %"
     return f"{value:,.0f} B"
 
 
@@ -1332,7 +1434,7 @@ def main() -> int:
     print(f"Hermes bench ({'quick' if options.quick else 'full'}), {len(rows)} rows; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; work folder {workdir}", flush=True)
     results: dict[str, dict[str, Any]] = {}
-    for fixture in ("local", "pair", "trio", "service"):
+    for fixture in ("local", "pair", "trio", "service", "scale"):
         chosen = [r for r in rows if r.fixture == fixture]
         if chosen:
             t0 = time.monotonic()
