@@ -53,6 +53,8 @@ _TICK = FRAME_HEADER.pack(0)
 _pack = FRAME_HEADER.pack
 _unpack_from = FRAME_HEADER.unpack_from
 _HEADER_SIZE = FRAME_HEADER.size
+_READ_MIN = 16 * 1024     # bytes offered to a read at first
+_READ_MAX = 256 * 1024    # ... and at most, as asyncio's own reads
 
 
 class PeerRefusedError(ConnectionRefusedError):
@@ -94,14 +96,18 @@ class ConnectionStatistics:
     paused: bool
 
 
-class Connection(asyncio.Protocol):
-    """An ``asyncio.Protocol`` for one node-to-node link; see the module docstring."""
+class Connection(asyncio.BufferedProtocol):
+    """An ``asyncio.BufferedProtocol`` for one node-to-node link; see the module docstring.
+
+    Reads go into one reused ``bytearray`` per link (``get_buffer``) instead of
+    a fresh bytes object per read: asyncio's own 256 KiB read buffer is above
+    glibc's mmap threshold, so each read cost an mmap and a munmap."""
 
     # Slots make the attribute reads and writes of the hot path cheaper.
     __slots__ = (
         "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
         "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
-        "_wbuf", "_rbuf", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
+        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
         "_timer", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
     )
@@ -130,7 +136,11 @@ class Connection(asyncio.Protocol):
         self._tick_interval = tick_interval
         self._handshake_timeout = handshake_timeout
         self._wbuf = bytearray()
-        self._rbuf = bytearray()
+        # Unparsed bytes are _rbuf[_rstart:_rend]; reads land after them. The read size
+        # starts small (idle links cost little memory) and doubles while reads fill it.
+        self._rbuf = bytearray(_READ_MIN)
+        self._rstart = self._rend = self._offered = 0
+        self._read_size = _READ_MIN
         self._flush_scheduled = self._streaming = self._paused = self._wrote = self._heard = False
         self._pending_frames = self._silent = 0
         self._timer: asyncio.TimerHandle | None = None  # handshake timeout, then the tick
@@ -212,34 +222,67 @@ class Connection(asyncio.Protocol):
 
     # -- receiving (hot path) ------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        self._bytes_in += len(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self._rbuf) - self._rend < self._read_size:
+            self._make_room(self._read_size)
+        self._offered = len(self._rbuf) - self._rend
+        return memoryview(self._rbuf)[self._rend:]
+
+    def _make_room(self, free: int) -> None:
+        """At least ``free`` bytes after the unparsed ones (and room for the whole
+        frame they begin, so a big frame is copied once, not per read).
+
+        Never resizes ``_rbuf`` in place: the transport may still hold a view of it."""
+        buf, start, end = self._rbuf, self._rstart, self._rend
+        pending = end - start
+        need = pending + free
+        if pending >= _HEADER_SIZE:
+            need = max(need, _HEADER_SIZE + _unpack_from(buf, start)[0])
+        if need <= len(buf) <= 4 * _READ_MAX:
+            buf[:pending] = buf[start:end]  # same length: a move, no resize
+        else:
+            fresh = bytearray(max(need, _READ_MIN))
+            fresh[:pending] = buf[start:end]
+            self._rbuf = fresh
+        self._rstart, self._rend = 0, pending
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if nbytes == self._offered and self._read_size < _READ_MAX:
+            self._read_size *= 2  # a streaming peer: fewer, larger reads
+        self._bytes_in += nbytes
         self._heard = True
+        start, end = self._rstart, self._rend + nbytes
+        self._rend = end
         if self.closed:
+            self._rstart = self._rend = 0
             return
         if not self.authenticated:
-            self._handshake_data(data)
+            self._rstart = self._rend = 0
+            self._handshake_data(bytes(self._rbuf[start:end]))
             return
-        self._receive_frames(data)
+        self._consume(start, end)
+
+    def _consume(self, start: int, end: int) -> None:
+        pos = self._deliver_frames(self._rbuf, start, end)
+        if pos == end or self.closed:
+            self._rstart = self._rend = 0
+        else:
+            self._rstart = pos
 
     def _receive_frames(self, data: bytes) -> None:
-        rbuf = self._rbuf
-        if not rbuf:
-            # Common case: parse straight from ``data``, buffer only the tail.
-            consumed = self._deliver_frames(data)
-            if consumed < len(data) and not self.closed:
-                rbuf += memoryview(data)[consumed:]
-            return
-        rbuf += data
-        consumed = self._deliver_frames(rbuf)
-        del rbuf[:consumed]  # one memmove per read, not per frame
+        """Bytes that arrived another way (the handshake's leftover): as if read."""
+        self._make_room(len(data))
+        start = self._rend
+        self._rbuf[start:start + len(data)] = data
+        self._rend = start + len(data)
+        self._consume(self._rstart, self._rend)
 
-    def _deliver_frames(self, buf: bytes | bytearray) -> int:
-        """Deliver every complete frame in ``buf``; return how many bytes were consumed."""
+    def _deliver_frames(self, buf: bytearray, pos: int, available: int) -> int:
+        """Deliver every complete frame in ``buf[pos:available]``; return where the rest starts."""
         deliver = self._delegate.frame_received
-        max_frame, available = self._max_frame, len(buf)
-        pos = frames = ticks = 0
-        with memoryview(buf) as view:  # released before the caller resizes ``buf``
+        max_frame = self._max_frame
+        frames = ticks = 0
+        with memoryview(buf) as view:  # released before anyone resizes ``buf``
             while available - pos >= _HEADER_SIZE:
                 (size,) = _unpack_from(buf, pos)
                 if size > max_frame:
@@ -408,6 +451,7 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self._wbuf = bytearray()
         self._rbuf = bytearray()
+        self._rstart = self._rend = 0
         self._handshake = None
         transport = self._transport
         if transport is not None and not transport.is_closing():
