@@ -25,7 +25,9 @@ Rules:
   buffer, never dropped; order is kept.
 - Ticks, as Erlang's net_ticktime: every ``tick_interval`` a TICK is written if
   nothing else was, and the connection is closed when nothing at all arrived
-  during ``TICK_MISSES`` intervals. All nodes must use the same interval.
+  during ``TICK_MISSES`` intervals. All nodes must use the same interval. One
+  timer per loop drives the ticks of every link (``_ticks``), so an idle node
+  wakes once per interval, not once per peer.
 - Everything runs on the event loop thread; nothing here is thread-safe.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Protocol
 
 from hermes._errors import HandshakeError, SerializationError
 from hermes.transport._codec import dumps, loads
+from hermes.transport._ticks import Ticker, ticker_for
 from hermes.transport._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
 
 __all__ = [
@@ -108,7 +111,7 @@ class Connection(asyncio.BufferedProtocol):
         "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
         "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
         "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
-        "_timer", "_linger", "_waiter", "_failure",
+        "_timer", "_ticker", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
     )
 
@@ -143,7 +146,8 @@ class Connection(asyncio.BufferedProtocol):
         self._read_size = _READ_MIN
         self._flush_scheduled = self._streaming = self._paused = self._wrote = self._heard = False
         self._pending_frames = self._silent = 0
-        self._timer: asyncio.TimerHandle | None = None  # handshake timeout, then the tick
+        self._timer: asyncio.TimerHandle | None = None  # the handshake timeout
+        self._ticker: Ticker | None = None  # once established
         self._linger: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[BaseException | None] | None = None  # open_connection's
         self._failure: BaseException | None = None
@@ -370,7 +374,8 @@ class Connection(asyncio.BufferedProtocol):
         self.peer = peer
         self.authenticated = True
         self._cancel_timer()
-        self._timer = self._loop.call_later(self._tick_interval, self._tick)
+        self._ticker = ticker_for(self._loop, self._tick_interval)
+        self._ticker.add(self)
         log.debug("connection %s with %s established", self.role, peer.name)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -397,7 +402,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- ticks ---------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
+        """Called by the loop's ``Ticker`` every ``tick_interval``."""
         if self.closed:
             return
         self._silent = 0 if self._heard else self._silent + 1
@@ -410,7 +416,6 @@ class Connection(asyncio.BufferedProtocol):
             self._write(_TICK)
             self._ticks_out += 1
         self._wrote = False
-        self._timer = self._loop.call_later(self._tick_interval, self._tick)
 
     # -- closing -------------------------------------------------------------
 
@@ -474,6 +479,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ticker is not None:
+            self._ticker.remove(self)
+            self._ticker = None
 
     # -- introspection -------------------------------------------------------
 
