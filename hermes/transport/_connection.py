@@ -23,8 +23,8 @@ Rules:
   and a request sent right after a burst waits at most to the end of its
   turn. While the transport is paused (peer slow), frames stay in that
   buffer, never dropped; order is kept.
-- Ticks, as Erlang's net_ticktime: every ``tick_interval`` a TICK is written if
-  nothing else was, and the connection is closed when nothing at all arrived
+- Ticks, as Erlang's net_ticktime: a TICK is written once ``TICK_EVERY``
+  tick intervals passed with nothing else written, and the connection is closed when nothing at all arrived
   during ``TICK_MISSES`` intervals. All nodes must use the same interval. One
   timer per loop drives the ticks of every link (``_ticks``), so an idle node
   wakes once per interval, not once per peer.
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FRAME = 64 * 2**20
 TICK_MISSES = 4
+# A TICK goes out after this many intervals in which nothing was written: the
+# peer still hears something at least every 2 of its 4 intervals, and an idle
+# cluster sends half the ticks (they are most of its idle cost).
+TICK_EVERY = 2
 _TICK = FRAME_HEADER.pack(0)
 _pack = FRAME_HEADER.pack
 _unpack_from = FRAME_HEADER.unpack_from
@@ -110,7 +114,7 @@ class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
         "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
-        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
+        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent", "_quiet",
         "_timer", "_ticker", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
     )
@@ -145,7 +149,7 @@ class Connection(asyncio.BufferedProtocol):
         self._rstart = self._rend = self._offered = 0
         self._read_size = _READ_MIN
         self._flush_scheduled = self._streaming = self._paused = self._wrote = self._heard = False
-        self._pending_frames = self._silent = 0
+        self._pending_frames = self._silent = self._quiet = 0
         self._timer: asyncio.TimerHandle | None = None  # the handshake timeout
         self._ticker: Ticker | None = None  # once established
         self._linger: asyncio.TimerHandle | None = None
@@ -412,10 +416,12 @@ class Connection(asyncio.BufferedProtocol):
             log.warning("tick timeout: nothing from %s for %d intervals; closing", self._who(), self._silent)
             self._shutdown("tick timeout", abort=True)
             return
-        if not self._wrote and not self._wbuf and not self._paused:
+        self._quiet = 0 if self._wrote else self._quiet + 1
+        self._wrote = False
+        if self._quiet >= TICK_EVERY and not self._wbuf and not self._paused:
             self._write(_TICK)
             self._ticks_out += 1
-        self._wrote = False
+            self._quiet = 0
 
     # -- closing -------------------------------------------------------------
 
