@@ -96,7 +96,7 @@ ROWS = [
     Row("cross_send", 3, "pair", "cross-node one-way send", "rate", "raw TCP, 64 KiB batches",
         ">= 0.5x", lambda h, b: _ratio(h, b) >= 0.5, 90),
     Row("cross_call", 3, "pair", "cross-node call round trip, p50", "us", "raw TCP ping-pong",
-        "<= 1.5x", lambda h, b: _ratio(h, b) <= 1.5, 60),
+        "<= 1.5x", lambda h, b: _ratio(h, b) <= 1.5, 120),
     Row("hostile_peers", 3, "pair", "send rate with 50 idle + 50 garbage peers", "rate", "same, no such peers",
         ">= 0.9x", lambda h, b: _ratio(h, b) >= 0.9, 120),
     Row("join_visible", 4, "trio", "join visible on every other node, p99", "ms", "mesh message, p99",
