@@ -48,3 +48,10 @@ def test_cluster_nodes_run_on_the_chosen_loop_and_talk(choice: str) -> None:
         # a call across the mesh on that loop
         b = cluster.nodes[1]
         assert cluster.rpc("a", hermes.rpc, b, loop_module) == choice
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "uvloop", None)  # import uvloop -> ImportError
+    assert hermes.run(main_loop_module, name="loop-fallback", loop="auto") == "asyncio"
+    with pytest.raises(hermes.HermesError, match=r"hermes-actors\[uvloop\]"):
+        hermes.run(main_loop_module, name="loop-missing", loop="uvloop")
