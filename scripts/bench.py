@@ -1189,11 +1189,13 @@ def scale_rows(settings: Settings, log_dir: str) -> tuple[dict[str, Callable[[],
         pids = [p.proc.pid for p in cluster._nodes.values()] + [cluster._service.pid]  # type: ignore[union-attr]
         time.sleep(2.0)  # the start-up's work is done
         hermes_pct = cpu_percent(pids, 10.0)
-        procs = [subprocess.Popen([sys.executable, "-c", "import asyncio; asyncio.run(asyncio.sleep(600))"])
-                 for _ in range(count)]
+        idle = "import asyncio; print(flush=True); asyncio.run(asyncio.sleep(600))"
+        procs = [subprocess.Popen([sys.executable, "-c", idle], stdout=subprocess.PIPE) for _ in range(count)]
         try:
             for proc in procs:
                 record_pid(proc.pid)
+            for proc in procs:
+                proc.stdout.readline()  # type: ignore[union-attr]  # started: its loop is idle
             time.sleep(2.0)
             base_pct = cpu_percent([p.pid for p in procs], 10.0)
         finally:
