@@ -115,7 +115,7 @@ def _bool(name: str, value: Any) -> None:
 
 def _loop(name: str, value: Any) -> None:
     if value not in LOOPS:
-        raise ValueError(f"option loop is one of {', '.join(LOOPS)}, not {value!r}")
+        raise ValueError(f"option loop (or HERMES_LOOP) is one of {', '.join(LOOPS)}, not {value!r}")
 
 
 def _tls(name: str, value: Any) -> None:
@@ -175,7 +175,8 @@ class NodeConfig:
     stall_warning: float = _option(0.1, _positive, "log a handler that holds the loop longer than this (seconds)")
     tls: TLSConfig | None = _option(None, _tls, "mutual TLS for the mesh and the pg service", cli=False)
     pubsub_url: str | None = _option(None, _pubsub_url, "redis://HOST:PORT/DB: the default PubSub goes through Redis")
-    loop: str = _option("auto", _loop, "event loop of run() and node processes: auto (uvloop if installed), "
+    # HERMES_LOOP (read once, here) sets the default, e.g. to run a test suite on the other loop
+    loop: str = _option(os.environ.get("HERMES_LOOP") or "auto", _loop, "event loop of run() and node processes: auto (uvloop if installed), "
                         "asyncio or uvloop")
 
     def __post_init__(self) -> None:

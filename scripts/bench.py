@@ -96,7 +96,7 @@ ROWS = [
     Row("cross_send", 3, "pair", "cross-node one-way send", "rate", "raw TCP, 64 KiB batches",
         ">= 0.5x", lambda h, b: _ratio(h, b) >= 0.5, 90),
     Row("cross_call", 3, "pair", "cross-node call round trip, p50", "us", "raw TCP ping-pong",
-        "<= 1.5x", lambda h, b: _ratio(h, b) <= 1.5, 60),
+        "<= 1.5x", lambda h, b: _ratio(h, b) <= 1.5, 120),
     Row("hostile_peers", 3, "pair", "send rate with 50 idle + 50 garbage peers", "rate", "same, no such peers",
         ">= 0.9x", lambda h, b: _ratio(h, b) >= 0.9, 120),
     Row("join_visible", 4, "trio", "join visible on every other node, p99", "ms", "mesh message, p99",
@@ -142,6 +142,14 @@ ROWS = [
     # the service is off every hot path (DESIGN §5): its TLS cost is measured, not targeted
     Row("tls_service_call", 12, "tls", "pg service call over TLS, p50", "us", "the same call without TLS",
         "measured", lambda h, b: True, 90),
+    Row("asyncio_pingpong", 15, "scale", "ping-pong, asyncio loop at both ends, p50", "us",
+        "raw TCP ping-pong", "diagnostic", lambda h, b: True, 60),
+    Row("uvloop_pingpong", 15, "scale", "ping-pong, uvloop at both ends, p50", "us",
+        "raw TCP ping-pong", "diagnostic", lambda h, b: True, 60),
+    Row("cluster_start", 15, "scale", "LocalCluster of N nodes whole", "s", "N `import hermes` processes",
+        "< 10 s", lambda h, b: h < 10.0, 240),
+    Row("idle_cpu", 15, "scale", "N idle nodes + service, CPU over 10 s", "%", "N idle asyncio processes",
+        "< 20 % of one core", lambda h, b: h < 20.0, 240),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -794,7 +802,15 @@ class FrameProtocol(asyncio.Protocol):
         self.transport.write(FRAME.pack(len(payload)) + payload)
 
 
-def asyncio_echo(control: Any) -> None:
+def _loop_factory(loop: str) -> Any:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
+def asyncio_echo(control: Any, loop: str = "asyncio") -> None:
     """Helper process: an asyncio server answering ``("call", request, ref)`` frames."""
 
     async def serve() -> None:
@@ -812,10 +828,11 @@ def asyncio_echo(control: Any) -> None:
             await accepted[0].closed
         server.close()
 
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        runner.run(serve())
 
 
-def asyncio_call_p50_us(n: int) -> float:
+def asyncio_call_p50_us(n: int, loop: str = "asyncio") -> float:
     """p50 of a ping-pong of length-prefixed pickles with an asyncio loop at both ends."""
 
     async def client(port: int) -> float:
@@ -834,8 +851,8 @@ def asyncio_call_p50_us(n: int) -> float:
         proto.transport.close()
         return percentile(samples, 0.5) / 1000
 
-    with helper(asyncio_echo) as control:
-        return asyncio.run(client(_recv(control)))
+    with helper(asyncio_echo, loop) as control, asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        return runner.run(client(_recv(control)))
 
 
 def hostile_peers(control: Any, address: tuple[str, int], idle: int, garbage: int) -> None:
@@ -1789,6 +1806,88 @@ class RowTimeout(Exception):
 _PIDFILE: str | None = None
 
 
+# ===========================================================================
+# Fixture: scale (issue 15) -- loops, cluster start, idle cost
+# ===========================================================================
+
+def scale_rows(settings: Settings, log_dir: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
+    count = settings.n(80, 30)
+    clusters: list[LocalCluster] = []
+
+    def pingpong(loop: str) -> Callable[[], Any]:
+        def row() -> Any:
+            n = settings.n(10_000, 3_000)
+            h, base = interleaved(settings.pair_reps, lambda: asyncio_call_p50_us(n, loop),
+                                  lambda: raw_call_p50_us(n), False)
+            return h, base, f"{n:,} round trips of length-prefixed pickles"
+        return row
+
+    def cluster_start() -> Any:
+        base = parallel_imports_seconds(count)
+        t0 = time.monotonic()
+        cluster = LocalCluster([f"idle{i}" for i in range(count)], log_dir=log_dir, startup_timeout=180)
+        elapsed = time.monotonic() - t0
+        clusters.append(cluster)
+        record_cluster(cluster)
+        return elapsed, base, f"{count} nodes, every one seeing every other"
+
+    def idle_cpu() -> Any:
+        if not clusters:
+            clusters.append(LocalCluster([f"idle{i}" for i in range(count)], log_dir=log_dir,
+                                         startup_timeout=180))
+            record_cluster(clusters[0])
+        cluster = clusters[0]
+        pids = [p.proc.pid for p in cluster._nodes.values()] + [cluster._service.pid]  # type: ignore[union-attr]
+        time.sleep(2.0)  # the start-up's work is done
+        hermes_pct = cpu_percent(pids, 10.0)
+        idle = "import asyncio; print(flush=True); asyncio.run(asyncio.sleep(600))"
+        procs = [subprocess.Popen([sys.executable, "-c", idle], stdout=subprocess.PIPE) for _ in range(count)]
+        try:
+            for proc in procs:
+                record_pid(proc.pid)
+            for proc in procs:
+                proc.stdout.readline()  # type: ignore[union-attr]  # started: its loop is idle
+            time.sleep(2.0)
+            base_pct = cpu_percent([p.pid for p in procs], 10.0)
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+        return hermes_pct, base_pct, f"{count} nodes and their pg service, % of one core"
+
+    def close() -> None:
+        for cluster in clusters:
+            cluster.stop()
+
+    return ({"asyncio_pingpong": pingpong("asyncio"), "uvloop_pingpong": pingpong("uvloop"),
+             "cluster_start": cluster_start, "idle_cpu": idle_cpu}, close)
+
+
+def parallel_imports_seconds(count: int) -> float:
+    """Seconds for ``count`` processes that only ``import hermes``, started at once."""
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", "import hermes"], cwd=str(ROOT)) for _ in range(count)]
+    for proc in procs:
+        proc.wait()
+    return time.monotonic() - t0
+
+
+def cpu_percent(pids: list[int], seconds: float) -> float:
+    """CPU used by ``pids`` (user + system, /proc/PID/stat) over ``seconds``, in % of one core."""
+    def ticks() -> int:
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total
+
+    before, t0 = ticks(), time.monotonic()
+    time.sleep(seconds)
+    used, elapsed = ticks() - before, time.monotonic() - t0
+    return 100.0 * used / os.sysconf("SC_CLK_TCK") / elapsed
+
+
 def record_pid(pid: int) -> None:
     if _PIDFILE:
         with open(_PIDFILE, "a") as f:
@@ -1823,8 +1922,12 @@ def child_main(argv: list[str]) -> None:
         return
     if fixture == "redis":
         run_rows(rows, out, lambda: open_redis_fixture(settings, log_dir))
+        return
     if fixture == "tls":
         run_rows(rows, out, lambda: open_tls_clusters(settings, log_dir))
+        return
+    if fixture == "scale":
+        run_rows(rows, out, lambda: scale_rows(settings, log_dir))
         return
     names = [f"bench{n}" for n in (["a", "b"] if fixture == "pair" else ["a", "b", "c"])]
 
@@ -1934,6 +2037,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "s":
         return f"{value:.3f} s"
+    if unit == "%":
+        return f"{value:.1f} %"
     return f"{value:,.0f} B"
 
 
@@ -1988,7 +2093,7 @@ def main() -> int:
     print(f"Hermes bench ({'quick' if options.quick else 'full'}), {len(rows)} rows; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; work folder {workdir}", flush=True)
     results: dict[str, dict[str, Any]] = {}
-    for fixture in ("local", "pair", "trio", "service", "redis", "tls"):
+    for fixture in ("local", "pair", "trio", "service", "redis", "tls", "scale"):
         chosen = [r for r in rows if r.fixture == fixture]
         if chosen:
             t0 = time.monotonic()

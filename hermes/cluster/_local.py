@@ -82,8 +82,12 @@ class LocalCluster:
         atexit.register(self.stop)
         try:
             self.start_service()
-            for name in names:
-                self._spawn(full_name(name))
+            # all processes at once, then their "ready" frames: start-up (interpreter,
+            # imports, connections) overlaps instead of adding up node by node
+            launched = [self._launch(full_name(name)) for name in names]
+            deadline = time.monotonic() + self.startup_timeout
+            for node in launched:
+                self._await_ready(node, deadline)
             self.wait_connected()
         except BaseException:
             self.stop()
@@ -121,7 +125,7 @@ class LocalCluster:
             raise HermesError(f"node {full} is already running")
         if full not in self._order:
             self._order.append(full)
-        self._spawn(full)
+        self._await_ready(self._launch(full), time.monotonic() + self.startup_timeout)
         self.wait_connected()
 
     def kill(self, name: str) -> None:
@@ -139,8 +143,8 @@ class LocalCluster:
         path = self.log_dir / f"{full_name(name)}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def _spawn(self, full: str) -> None:
-        short = full.split("@")[0]
+    def _launch(self, full: str) -> _NodeProcess:
+        """Start node ``full``'s process (not waiting for it)."""
         log_path = self.log_dir / f"{full}.log"
         answers_r, answers_w = os.pipe()
         env = {**os.environ, "HERMES_COOKIE": self.cookie, "PYTHONUNBUFFERED": "1"}
@@ -155,10 +159,14 @@ class LocalCluster:
         os.close(answers_w)
         node = _NodeProcess(full, proc, answers_r, log_path)
         self._nodes[full] = node
+        return node
+
+    def _await_ready(self, node: _NodeProcess, deadline: float) -> None:
         try:
-            _control.read_frame(answers_r, time.monotonic() + self.startup_timeout)  # the "ready" frame
+            _control.read_frame(node.answers, deadline)  # the "ready" frame
         except (TimeoutError, EOFError) as exc:
-            raise HermesError(f"node {short} did not start:\n{self.output(full)[-3000:]}") from exc
+            short = node.name.split("@")[0]
+            raise HermesError(f"node {short} did not start:\n{self.output(node.name)[-3000:]}") from exc
 
     def _node(self, name: str) -> _NodeProcess:
         try:

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from .._app import run_async
+from .._app import run_async, run_on_loop
 from .._config import NodeConfig
 from ..runtime import lowlevel
 from ..runtime import rpc, spawn
@@ -47,7 +47,7 @@ def run_node(options: dict[str, Any], *, app: str | None = None, control_fd: int
             spawn(main)
         await asyncio.Event().wait()  # run until stopped
 
-    asyncio.run(run_async(first_actor, config=config, ready=ready))
+    run_on_loop(run_async(first_actor, config=config, ready=ready), config.loop)
 
 
 def _adopt_driver_sys_path() -> None:

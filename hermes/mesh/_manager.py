@@ -79,7 +79,7 @@ class Distribution:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beat = node.loop.time()
         self._stalled_at = float("-inf")
-        self._heartbeat = node.loop.call_later(STALL / 4, self._check_stall)
+        self._heartbeat = node.loop.call_later(STALL / 2, self._check_stall)
         self._frames_seen: dict[Connection, int] = {}  # frames_in at the last backlog scan
         node.backlog_listeners.append(self._backlog)
 
@@ -88,7 +88,7 @@ class Distribution:
         if now - self._beat > STALL:
             self._stalled_at = now
         self._beat = now
-        self._heartbeat = self.node.loop.call_later(STALL / 4, self._check_stall)
+        self._heartbeat = self.node.loop.call_later(STALL / 2, self._check_stall)
 
     def _recently_stalled(self) -> bool:
         now = self.node.loop.time()

@@ -24,6 +24,10 @@ from ._wire import CookieRejected, check_service
 log = logging.getLogger("hermes.pg")
 SERVICE_IDLE_EXIT = 60.0  # a service a node started by itself outlives its last node by this
 RECONCILE_INTERVAL = 1.0  # seconds between checks of the mesh against the directory
+# Seconds a quiet feed long poll waits at the service: an idle node's feed thread and
+# the service wake this often. A lost service is noticed by the socket (EOF) or the
+# writer's heartbeats, not by this timeout.
+FEED_POLL = 5.0
 
 
 def parse_cluster(cluster: str) -> tuple[str, int]:
@@ -84,7 +88,7 @@ async def start(node: Node, config: NodeConfig) -> PgService:
 
     client = ServiceClient(address, dist.cookie, node.name, node.creation, tuple(dist.local.address),
                            on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl,
-                           tls=config.tls)
+                           tls=config.tls, poll_timeout=FEED_POLL)
     wiring.client = client
     wiring.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))

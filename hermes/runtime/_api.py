@@ -211,14 +211,11 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
             raise ActorExited(target, "noproc")
         else:
             _call_remote(node_, target, request, caller, ref)
-        timer = loop.call_later(timeout, _expire_call, fut, timeout) if timeout is not None else None
-        try:
-            reply = await fut
-            replied = True
-            return reply
-        finally:
-            if timer is not None:
-                timer.cancel()
+        if timeout is not None:
+            node_.deadlines.add(fut, timeout)  # one timer per node, not one per call
+        reply = await fut
+        replied = True
+        return reply
     finally:
         del node_.pending[ref]
         if proc is not None:
@@ -240,11 +237,6 @@ def _call_remote(node_: _nodemod.Node, target: Pid | tuple[str, str], request: A
             raise ActorExited(target, "noconnection")
         node_.dist.call_name(target[1], target[0], request, sender, ref)
     node_.pending_remote[ref] = target
-
-
-def _expire_call(fut: asyncio.Future[Any], timeout: float) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError(f"call timed out after {timeout}s"))
 
 
 def cast(dest: Any, msg: Any) -> None:

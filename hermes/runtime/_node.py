@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 
 from .._errors import ActorExited, HermesError, NoNode
 from ._actor import Actor
+from ._deadlines import Deadlines
 from ._messages import Down, NodeDown
 from ._pid import Pid, Ref
 from . import _flow
@@ -61,6 +62,7 @@ class Node:
         self.procs: dict[Pid, Process] = {}
         self.names: dict[str, Pid] = {}
         self.pending: dict[Ref, asyncio.Future[Any]] = {}  # call/rpc ref -> reply future
+        self.deadlines = Deadlines(loop)  # the timeouts of pending calls, one timer for all
         # ref -> the remote callee: its pid, (name, node) for a call by name, or an rpc's node
         self.pending_remote: dict[Ref, Pid | tuple[str, str] | str] = {}
         self.call_monitors: dict[Ref, Process] = {}  # a remote caller's ref -> our callee monitored

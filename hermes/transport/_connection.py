@@ -23,9 +23,11 @@ Rules:
   and a request sent right after a burst waits at most to the end of its
   turn. While the transport is paused (peer slow), frames stay in that
   buffer, never dropped; order is kept.
-- Ticks, as Erlang's net_ticktime: every ``tick_interval`` a TICK is written if
-  nothing else was, and the connection is closed when nothing at all arrived
-  during ``TICK_MISSES`` intervals. All nodes must use the same interval.
+- Ticks, as Erlang's net_ticktime: a TICK is written once ``TICK_EVERY``
+  tick intervals passed with nothing else written, and the connection is closed when nothing at all arrived
+  during ``TICK_MISSES`` intervals. All nodes must use the same interval. One
+  timer per loop drives the ticks of every link (``_ticks``), so an idle node
+  wakes once per interval, not once per peer.
 - Everything runs on the event loop thread; nothing here is thread-safe.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Protocol
 
 from hermes._errors import HandshakeError, SerializationError
 from hermes.transport._codec import dumps, loads
+from hermes.transport._ticks import Ticker, ticker_for
 from hermes.transport._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
 
 __all__ = [
@@ -50,10 +53,16 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_FRAME = 64 * 2**20
 DEFAULT_MAX_LINK_BUFFER = 64 * 2**20
 TICK_MISSES = 4
+# A TICK goes out after this many intervals in which nothing was written: the
+# peer still hears something at least every 2 of its 4 intervals, and an idle
+# cluster sends half the ticks (they are most of its idle cost).
+TICK_EVERY = 2
 _TICK = FRAME_HEADER.pack(0)
 _pack = FRAME_HEADER.pack
 _unpack_from = FRAME_HEADER.unpack_from
 _HEADER_SIZE = FRAME_HEADER.size
+_READ_MIN = 16 * 1024     # bytes offered to a read at first
+_READ_MAX = 256 * 1024    # ... and at most, as asyncio's own reads
 
 
 class PeerRefusedError(ConnectionRefusedError):
@@ -95,15 +104,19 @@ class ConnectionStatistics:
     paused: bool
 
 
-class Connection(asyncio.Protocol):
-    """An ``asyncio.Protocol`` for one node-to-node link; see the module docstring."""
+class Connection(asyncio.BufferedProtocol):
+    """An ``asyncio.BufferedProtocol`` for one node-to-node link; see the module docstring.
+
+    Reads go into one reused ``bytearray`` per link (``get_buffer``) instead of
+    a fresh bytes object per read: asyncio's own 256 KiB read buffer is above
+    glibc's mmap threshold, so each read cost an mmap and a munmap."""
 
     # Slots make the attribute reads and writes of the hot path cheaper.
     __slots__ = (
         "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
         "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
-        "_wbuf", "_rbuf", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent",
-        "_timer", "_linger", "_waiter", "_failure",
+        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent", "_quiet",
+        "_timer", "_ticker", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
         "_link_limit", "_room", "_overloaded", "_drainers", "_reading_paused",  # flow control
     )
@@ -132,10 +145,15 @@ class Connection(asyncio.Protocol):
         self._tick_interval = tick_interval
         self._handshake_timeout = handshake_timeout
         self._wbuf = bytearray()
-        self._rbuf = bytearray()
+        # Unparsed bytes are _rbuf[_rstart:_rend]; reads land after them. The read size
+        # starts small (idle links cost little memory) and doubles while reads fill it.
+        self._rbuf = bytearray(_READ_MIN)
+        self._rstart = self._rend = self._offered = 0
+        self._read_size = _READ_MIN
         self._flush_scheduled = self._streaming = self._paused = self._wrote = self._heard = False
-        self._pending_frames = self._silent = 0
-        self._timer: asyncio.TimerHandle | None = None  # handshake timeout, then the tick
+        self._pending_frames = self._silent = self._quiet = 0
+        self._timer: asyncio.TimerHandle | None = None  # the handshake timeout
+        self._ticker: Ticker | None = None  # once established
         self._linger: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[BaseException | None] | None = None  # open_connection's
         self._failure: BaseException | None = None
@@ -232,34 +250,76 @@ class Connection(asyncio.Protocol):
 
     # -- receiving (hot path) ------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        self._bytes_in += len(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self._rbuf) - self._rend < self._read_size:
+            self._make_room(self._read_size)
+        self._offered = len(self._rbuf) - self._rend
+        return memoryview(self._rbuf)[self._rend:]
+
+    def _make_room(self, free: int) -> None:
+        """At least ``free`` bytes after the unparsed ones (and room for the whole
+        frame they begin, so a big frame is copied once, not per read).
+
+        Never resizes ``_rbuf`` in place: the transport may still hold a view of it."""
+        buf, start, end = self._rbuf, self._rstart, self._rend
+        pending = end - start
+        need = pending + free
+        if pending >= _HEADER_SIZE:
+            need = max(need, _HEADER_SIZE + _unpack_from(buf, start)[0])
+        if need <= len(buf) <= 4 * _READ_MAX:
+            buf[:pending] = buf[start:end]  # same length: a move, no resize
+        else:
+            fresh = bytearray(max(need, _READ_MIN))
+            fresh[:pending] = buf[start:end]
+            self._rbuf = fresh
+        self._rstart, self._rend = 0, pending
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if nbytes == self._offered and self._read_size < _READ_MAX:
+            self._read_size *= 2  # a streaming peer: fewer, larger reads
+        self._bytes_in += nbytes
         self._heard = True
+        start, end = self._rstart, self._rend + nbytes
+        self._rend = end
         if self.closed:
+            self._rstart = self._rend = 0
             return
         if not self.authenticated:
-            self._handshake_data(data)
+            self._rstart = self._rend = 0
+            self._handshake_data(bytes(self._rbuf[start:end]))
             return
-        self._receive_frames(data)
+        self._consume(start, end)
+
+    def _consume(self, start: int, end: int) -> None:
+        pos = self._deliver_frames(self._rbuf, start, end)
+        if pos == end or self.closed:
+            self._rstart = self._rend = 0
+        else:
+            self._rstart = pos
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes handed over another way (a TLS upgrade's early bytes): as if read."""
+        size = len(data)
+        if len(self._rbuf) - self._rend < size:
+            self._make_room(size)
+        self._rbuf[self._rend:self._rend + size] = data
+        self._offered = -1  # a copy, not a read: no growth of the read size
+        self.buffer_updated(size)
 
     def _receive_frames(self, data: bytes) -> None:
-        rbuf = self._rbuf
-        if not rbuf:
-            # Common case: parse straight from ``data``, buffer only the tail.
-            consumed = self._deliver_frames(data)
-            if consumed < len(data) and not self.closed:
-                rbuf += memoryview(data)[consumed:]
-            return
-        rbuf += data
-        consumed = self._deliver_frames(rbuf)
-        del rbuf[:consumed]  # one memmove per read, not per frame
+        """Bytes that arrived another way (the handshake's leftover): as if read."""
+        self._make_room(len(data))
+        start = self._rend
+        self._rbuf[start:start + len(data)] = data
+        self._rend = start + len(data)
+        self._consume(self._rstart, self._rend)
 
-    def _deliver_frames(self, buf: bytes | bytearray) -> int:
-        """Deliver every complete frame in ``buf``; return how many bytes were consumed."""
+    def _deliver_frames(self, buf: bytearray, pos: int, available: int) -> int:
+        """Deliver every complete frame in ``buf[pos:available]``; return where the rest starts."""
         deliver = self._delegate.frame_received
-        max_frame, available = self._max_frame, len(buf)
-        pos = frames = ticks = 0
-        with memoryview(buf) as view:  # released before the caller resizes ``buf``
+        max_frame = self._max_frame
+        frames = ticks = 0
+        with memoryview(buf) as view:  # released before anyone resizes ``buf``
             while available - pos >= _HEADER_SIZE:
                 (size,) = _unpack_from(buf, pos)
                 if size > max_frame:
@@ -309,8 +369,8 @@ class Connection(asyncio.Protocol):
     # -- handshake -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Any stream transport will do: we use write, is_closing, close, abort and
-        # get_extra_info. (uvloop's are not asyncio.Transport subclasses.)
+        # No isinstance check: uvloop's transports are not asyncio.Transport
+        # subclasses, only the same interface.
         self._transport = transport  # type: ignore[assignment]
         self._address = _format_address(transport.get_extra_info("peername"))
         _set_nodelay(transport)
@@ -360,7 +420,8 @@ class Connection(asyncio.Protocol):
         self.peer = peer
         self.authenticated = True
         self._cancel_timer()
-        self._timer = self._loop.call_later(self._tick_interval, self._tick)
+        self._ticker = ticker_for(self._loop, self._tick_interval)
+        self._ticker.add(self)
         log.debug("connection %s with %s established", self.role, peer.name)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -387,7 +448,8 @@ class Connection(asyncio.Protocol):
 
     # -- ticks ---------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
+        """Called by the loop's ``Ticker`` every ``tick_interval``."""
         if self.closed:
             return
         self._silent = 0 if self._heard or self._reading_paused else self._silent + 1
@@ -396,11 +458,12 @@ class Connection(asyncio.Protocol):
             log.warning("tick timeout: nothing from %s for %d intervals; closing", self._who(), self._silent)
             self._shutdown("tick timeout", abort=True)
             return
-        if not self._wrote and not self._wbuf and not self._paused:
+        self._quiet = 0 if self._wrote else self._quiet + 1
+        self._wrote = False
+        if self._quiet >= TICK_EVERY and not self._wbuf and not self._paused:
             self._write(_TICK)
             self._ticks_out += 1
-        self._wrote = False
-        self._timer = self._loop.call_later(self._tick_interval, self._tick)
+            self._quiet = 0
 
     # -- closing -------------------------------------------------------------
 
@@ -443,6 +506,7 @@ class Connection(asyncio.Protocol):
             self._wake_drainers()
         self._wbuf = bytearray()
         self._rbuf = bytearray()
+        self._rstart = self._rend = 0
         self._handshake = None
         transport = self._transport
         if transport is not None and not transport.is_closing():
@@ -465,6 +529,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ticker is not None:
+            self._ticker.remove(self)
+            self._ticker = None
 
     # -- flow control ----------------------------------------------------------
     #
@@ -581,7 +648,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _set_nodelay(transport: asyncio.Transport) -> None:
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

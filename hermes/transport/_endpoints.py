@@ -125,9 +125,9 @@ class _TLSAcceptor(asyncio.Protocol):
         self._accept, self._context, self._timeout, self._upgrades = accept, context, timeout, upgrades
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # not a byte for us: start_tls resumes reading under TLS
-        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        # any stream transport (uvloop's are not asyncio.Transport subclasses)
+        transport.pause_reading()  # type: ignore[attr-defined]  # not a byte for us: start_tls resumes reading under TLS
+        task = asyncio.get_running_loop().create_task(self._upgrade(transport))  # type: ignore[arg-type]
         self._upgrades.add(task)
         task.add_done_callback(self._upgrades.discard)
 
