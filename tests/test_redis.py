@@ -139,7 +139,9 @@ def test_standalone_cli_nodes_without_a_cluster_share_redis(redis_server, tmp_pa
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name, path in records.items():  # no --cluster: standalone, they never mesh
-            env = {**os.environ, "HERMES_COOKIE": COOKIE, "HERMES_TEST_RECORD": str(path)}
+            env = {**os.environ, "HERMES_COOKIE": COOKIE, "HERMES_TEST_RECORD": str(path),  # --app from tests/
+                   "PYTHONPATH": os.pathsep.join(p for p in (os.path.dirname(__file__), os.environ.get("PYTHONPATH"))
+                                                 if p)}
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "hermes", "node", "--name", name, "--pubsub-url", redis_server.url,
                  "--app", "test_redis:recorder_app"], env=env, stdout=subprocess.DEVNULL,
