@@ -55,7 +55,7 @@ import hermes  # noqa: E402
 from hermes import (Actor, LocalCluster, NodeDown, call, exit, monitor_node, node, pg, publish,  # noqa: E402
                     receive, rpc, self, send, spawn, subscribe)
 from hermes.pubsub import broadcast_local  # noqa: E402
-from hermes.runtime import _node as _nodemod  # noqa: E402
+from hermes.runtime import lowlevel  # noqa: E402
 
 HOST = "127.0.0.1"
 FRAME = struct.Struct(">I")  # the same framing as hermes.dist: 4-byte big-endian length
@@ -350,9 +350,9 @@ async def send_rate(dest: Any, n: int, chunk: int = SEND_CHUNK) -> float:
 
 def _send_before(dest: Any, msg: Any) -> None:
     """``hermes.send`` as it was before the thread rule (the baseline of send_check)."""
-    node_ = _nodemod._node
+    node_ = lowlevel.node_or_none()
     if node_ is None:
-        _nodemod.get()
+        lowlevel.current_node()
     node_.send(dest, msg)  # type: ignore[union-attr]
 
 
@@ -461,7 +461,7 @@ async def publish_rate_drained(topic: Any, count: int, peer: str, msg: Any = 42,
 async def publish_bytes(topic: Any, peer: str, subscribers: int, count: int, size: int) -> tuple[float, int]:
     """Bytes this node wrote to ``peer`` per publish of a ``size``-byte message
     (from the connection's statistics), and the message's pickled size."""
-    conn = _nodemod.get().dist.conns[peer]  # type: ignore[union-attr]
+    conn = lowlevel.current_node().dist.conns[peer]  # type: ignore[union-attr]
     payload = os.urandom(size)
     await rpc(peer, arm_tally, topic, subscribers * count, self())
     before = conn.statistics().bytes_out
@@ -535,7 +535,7 @@ async def await_down(watcher: Any, timeout: float = 10.0) -> tuple[int | None, i
 
 
 def connection_count() -> int:
-    dist = _nodemod.get().dist
+    dist = lowlevel.current_node().dist
     return len(dist.conns) if dist is not None else 0
 
 
@@ -1096,11 +1096,11 @@ def _drain_before_flow(self: Any) -> None:
 
 
 async def _kill_and_settle(pids: list[Any]) -> None:
-    before = len(_nodemod.get().procs)
+    before = len(lowlevel.current_node().procs)
     kill_all(pids)
     for _ in range(100):
         await asyncio.sleep(0)
-        if len(_nodemod.get().procs) <= before - len(pids):
+        if len(lowlevel.current_node().procs) <= before - len(pids):
             break
     gc.collect()
 

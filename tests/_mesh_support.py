@@ -33,7 +33,7 @@ import pytest
 import hermes
 from hermes._app import full_name
 from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
-from hermes.runtime import _node as _nodemod
+from hermes.runtime import lowlevel
 
 from _cluster import poll
 from conftest import wait_until
@@ -113,7 +113,7 @@ async def on(c: hermes.LocalCluster, name: str, fn: Callable[..., Any], *args: A
 
 
 def _dist() -> Any:
-    return _nodemod.get().dist
+    return lowlevel.current_node().dist
 
 
 def learn(name: str, address: tuple[str, int]) -> None:

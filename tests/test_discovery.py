@@ -97,9 +97,9 @@ def drive(pair: StaticPair, main: Any) -> Any:
     """Run ``main(dist)`` on a hidden node of this process that knows both addresses."""
 
     async def driver() -> Any:
-        from hermes.runtime import _node
+        from hermes.runtime import lowlevel
 
-        dist = _node.get().dist
+        dist = lowlevel.current_node().dist
         for name, port in pair.ports.items():
             dist.addresses[full(name)] = ("127.0.0.1", port)
         return await main()

@@ -25,7 +25,7 @@ import pytest
 import hermes
 from hermes._app import full_name
 from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
-from hermes.runtime import _node as _nodemod
+from hermes.runtime import lowlevel
 
 from _cluster import poll
 from conftest import wait_until
@@ -81,7 +81,7 @@ async def old_incarnation(old: hermes.Pid, node: str) -> dict[str, Any]:
 
 
 def registered_names() -> list[str]:
-    return sorted(_nodemod.get().names)
+    return sorted(lowlevel.current_node().names)
 
 
 @pytest.mark.timeout(60)

@@ -25,7 +25,7 @@ import pytest
 import hermes
 from hermes._app import full_name
 from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
-from hermes.runtime import _node as _nodemod
+from hermes.runtime import lowlevel
 
 from _cluster import poll
 from conftest import wait_until
@@ -112,7 +112,7 @@ async def call_and_cast(node: str) -> dict[str, Any]:
 
 def call_monitors_of(name: str) -> tuple[int, int]:
     """On the callee's node: monitors held for remote callers, in all and on ``name``."""
-    node = _nodemod.get()
+    node = lowlevel.current_node()
     proc = node.procs[hermes.whereis(name)]
     return len(node.call_monitors), len(proc.monitors or {})
 

@@ -15,6 +15,9 @@ It knows nothing of registries, process groups or pubsub.
 """
 from __future__ import annotations
 
-from ._manager import Distribution, drain, is_loopback, of, parse_address, portable_reason, start, statistics
+from .._config import parse_address
+from ._backpressure import drain, statistics
+from ._manager import Distribution, of, portable_reason
+from ._start import is_loopback, start
 
 __all__ = ["Distribution", "drain", "is_loopback", "of", "parse_address", "portable_reason", "start", "statistics"]

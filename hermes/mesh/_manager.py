@@ -18,24 +18,25 @@ Rules:
   ``"noconnection"`` and the node-down listeners (pg, discovery) are told.
 
 It knows nothing of registries, process groups or pubsub: those layers add
-the frames they need to ``handlers``, the one table that dispatches arrivals.
+the frames they need through ``register_frame`` and hear of nodes through
+``on_node_up``/``on_node_down``. Connecting lives in ``_connecting``, link
+backpressure in ``_backpressure`` (both mixins of ``Distribution``), start-up
+in ``_start``.
 """
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import os
 import secrets
-import socket
 from typing import Any, Callable, NoReturn, cast
 
-from .._config import NodeConfig, TLSConfig, parse_address
-from .._errors import HandshakeError, HermesError, RemoteError, SerializationError
+from .._config import TLSConfig
+from .._errors import RemoteError, SerializationError
 from ..runtime import NodeDown, NodeUp, Pid, Ref
 from ..runtime.lowlevel import Node
-from ..transport import (Connection, PeerInfo, PeerRefusedError, client_context, dumps, open_connection, resolve_cookie,
-                         server_context, start_listener)
+from ..transport import Connection, PeerInfo, client_context, dumps, server_context, start_listener
+from ._backpressure import Backpressure
+from ._connecting import Connecting
 from ._frames import HANDLERS, unsendable_reply
 
 log = logging.getLogger("hermes.mesh")
@@ -48,7 +49,7 @@ EXIT_SIGNALS = ("exit", "link_exit", "down")  # frames whose last item is an exi
 REMOTE_SPAWN_BASE = 1 << 40  # ids chosen by a spawning peer: never clash with the local counter
 
 
-class Distribution:
+class Distribution(Connecting, Backpressure):
     """This node's side of the mesh (``node.dist``)."""
 
     def __init__(self, node: Node, cookie: bytes, *, hidden: bool = False, tick_interval: float = 1.0,
@@ -264,111 +265,6 @@ class Distribution:
                 self.node.route_exit(parent.pid, pid, "noconnection")
         return pid
 
-    # -- connecting -----------------------------------------------------------
-
-    async def connect(self, name: str) -> bool:
-        if name in self.conns:
-            return True
-        address = self.addresses.get(name) or self._resolve(name)
-        if address is None:
-            where = "the pg service does not list it" if self.resolvers else "no address known (a standalone node: use peers)"
-            self._failed(name, f"unknown node ({where})")
-            return False
-        return await self.connect_address(address, expect=name)
-
-    def _resolve(self, name: str) -> tuple[str, int] | None:
-        for resolver in self.resolvers:
-            address = resolver(name)
-            if address is not None:
-                return address
-        return None
-
-    async def connect_address(self, address: tuple[str, int], expect: str | None = None) -> bool:
-        """Connect to whatever node listens at ``address`` (``expect``: its name)."""
-        if expect is None and self._connected_to(address):
-            return True
-        key = expect or f"{address[0]}:{address[1]}"
-        pending = self.pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut = self.node.loop.create_future()
-        self.pending[key] = fut
-        try:
-            result = await self._open(address, expect)
-        finally:
-            del self.pending[key]
-        fut.set_result(result)
-        return result
-
-    async def _open(self, address: tuple[str, int], expect: str | None) -> bool:
-        try:
-            conn = await open_connection(self, address[0], address[1], local=self.local, cookie=self.cookie,
-                                         timeout=self.connect_timeout, tick_interval=self.tick_interval,
-                                         max_frame=self.max_frame, ssl=self.client_ssl)
-        except PeerRefusedError:
-            # refused at the handshake: a duplicate (we may be connected the other way)
-            return await self._wait_connected(expect, address)
-        except (OSError, TimeoutError, HermesError) as exc:
-            self._failed(expect or f"{address[0]}:{address[1]}", _connect_failure(address, exc))
-            return False
-        self.failures.pop(expect or f"{address[0]}:{address[1]}", None)
-        if expect is not None and conn.peer.name != expect:
-            log.warning("node at %s is %s, not %s", address, conn.peer.name, expect)
-        return True
-
-    def _failed(self, key: str, reason: str) -> None:
-        """One line per new reason (a static peer retried every second logs it once).
-        A hidden node is a tool (a remote shell, a status probe) that reports it itself."""
-        level = logging.DEBUG if self.hidden or self.failures.get(key) == reason else logging.WARNING
-        self.failures[key] = reason
-        log.log(level, "cannot connect to %s: %s", key, reason)
-
-    def _connected_to(self, address: tuple[str, int]) -> bool:
-        return any(c.peer is not None and tuple(c.peer.address) == tuple(address) for c in self.conns.values())
-
-    async def _wait_connected(self, name: str | None, address: tuple[str, int], timeout: float = 1.0) -> bool:
-        def done() -> bool:
-            return name in self.conns if name is not None else self._connected_to(address)
-
-        deadline = self.node.loop.time() + timeout
-        while not done() and self.node.loop.time() < deadline:
-            await asyncio.sleep(0.005)
-        return done()
-
-    def keep_connected(self, addresses: list[tuple[str, int]], interval: float = 1.0) -> None:
-        """Static discovery: connect to these addresses now and whenever the
-        node there is not connected (checked every ``interval`` seconds)."""
-
-        async def loop() -> None:
-            while True:
-                connected = {tuple(c.peer.address) for c in self.conns.values() if c.peer is not None}
-                for address in addresses:
-                    if address not in connected and address != tuple(self.local.address):
-                        await self.connect_address(address)
-                await asyncio.sleep(interval)
-
-        task = self.node.loop.create_task(loop())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def disconnect(self, name: str) -> bool:
-        conn = self.conns.get(name)
-        if conn is None:
-            return False
-        conn.send(("bye",))  # written before the close: the peer knows we hung up on purpose
-        conn.close("disconnect")
-        return True
-
-    def connect_soon(self, name: str, address: tuple[str, int] | None = None) -> None:
-        """Connect in the background (mesh completion, discovery)."""
-        if name == self.node.name or name in self.conns or name in self.pending:
-            return
-        if address is not None:
-            self.addresses[name] = address
-        task = self.node.loop.create_task(self.connect(name))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- the Connection delegate ---------------------------------------------
 
     def accept_peer(self, conn: Connection, peer: PeerInfo) -> bool:
@@ -416,57 +312,6 @@ class Distribution:
         for listener in self.down_listeners:
             listener(peer.name, peer.creation, lost)
 
-    # -- flow control ----------------------------------------------------------
-
-    def link_statistics(self) -> dict[str, dict[str, Any]]:
-        """Per peer: bytes queued on the link (ours + the transport's), whether
-        the transport asked us to stop writing, whether we stopped reading."""
-        return {name: {"queued_bytes": conn.queued_bytes(), "paused": conn.statistics().paused,
-                       "reading_paused": conn.reading_paused, "max_link_buffer": self.max_link_buffer}
-                for name, conn in self.conns.items()}
-
-    async def drain(self, name: str | None = None) -> None:
-        """Until the link to ``name`` (each link if None) is below its low-water mark."""
-        if name is not None:
-            conn = self.conns.get(name)
-            if conn is not None:
-                await conn.drain()
-            return
-        for conn in list(self.conns.values()):
-            await conn.drain()
-
-    def _backlog(self, queued: int) -> None:
-        """The node's mailboxes hold ``queued`` messages (told by its periodic scan).
-        Above the high-water mark (the node's ``mailbox_warning``: what it already
-        calls too many queued), stop reading the links that fed a quarter or more
-        of what arrived since the last scan, so the senders' link buffers take the
-        pressure instead of our memory; calls and replies on the other links keep
-        flowing. Reading resumes below half the mark. The proxy (a link's frames
-        since the last scan) stands for "the mailboxes it fed", which the runtime
-        cannot track without a cost on every delivery."""
-        high = self.node.config.mailbox_warning if self.node.config is not None else 100_000
-        seen, self._frames_seen = self._frames_seen, {}
-        fed: dict[Connection, int] = {}
-        for conn in self.conns.values():
-            frames = conn.statistics().frames_in
-            self._frames_seen[conn] = frames
-            fed[conn] = frames - seen.get(conn, 0)
-        if queued < high // 2:
-            for conn in self.conns.values():
-                if conn.reading_paused:
-                    log.info("node %s resumes reading %s: %d messages queued", self.node.name, conn.peer.name,
-                             queued)
-                    conn.resume_reading()
-            return
-        if queued <= high:
-            return
-        total = sum(fed.values())
-        for conn, frames in fed.items():
-            if total and frames * 4 >= total and not conn.reading_paused:
-                log.warning("node %s stops reading %s: %d messages queued in its mailboxes (high-water %d)",
-                            self.node.name, conn.peer.name, queued, high)
-                conn.pause_reading()
-
     def frame_received(self, conn: Connection, frame: Any) -> None:
         try:
             handler = self.handlers[frame[0]]
@@ -476,43 +321,10 @@ class Distribution:
         handler(self, conn, frame)
 
 
-# -- what each frame does on arrival ----------------------------------------
-
 def of(node: Node) -> Distribution | None:
     """``node.dist`` as this module's ``Distribution``, for the layers above
     (pg, pubsub, the cluster tools): the runtime sees only its own protocol."""
     return cast("Distribution | None", node.dist)
-
-
-async def drain(node: str | None = None, *, timeout: float | None = None) -> None:
-    """Wait until the link to ``node`` (every link if None) is below its low-water
-    mark: cooperative backpressure for a fast publisher, like ``StreamWriter.drain``.
-    ``TimeoutError`` after ``timeout`` seconds. Returns at once for an unknown or
-    unconnected node, or on a node without distribution."""
-    from ..runtime.lowlevel import current_node
-
-    if node is not None and not isinstance(node, str):
-        raise TypeError(f"drain(node=) takes a node name or None, not {type(node).__name__}")
-    dist = of(current_node())
-    if dist is None:
-        return
-    if timeout is None:
-        await dist.drain(node)
-    else:
-        await asyncio.wait_for(dist.drain(node), timeout)
-
-
-def statistics() -> dict[str, Any]:
-    """This node's statistics: ``Node.statistics()`` (processes, queued messages,
-    the deepest mailboxes and dropped counts) plus ``"links"``, per peer: the
-    bytes queued on the link and whether it is paused either way."""
-    from ..runtime.lowlevel import current_node
-
-    node = current_node()
-    stats = node.statistics()
-    dist = of(node)
-    stats["links"] = dist.link_statistics() if dist is not None else {}
-    return stats
 
 
 def portable_reason(reason: Any) -> Any:
@@ -536,61 +348,4 @@ def _raise_own_error(value: Any, frame_error: SerializationError) -> NoReturn:
     raise error from error.__cause__
 
 
-def _strerror(exc: OSError) -> str:
-    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
-
-
-def _connect_failure(address: tuple[str, int], exc: BaseException) -> str:
-    """Why a connect failed, in words: unknown host, refused, cookie rejected, timeout."""
-    host, port = address
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host {host!r}"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused at {host}:{port} (no node listens there)"
-    if isinstance(exc, HandshakeError):
-        return f"the node at {host}:{port} rejected this node's cookie, or this node its: use the same cookie ({exc})"
-    if isinstance(exc, TimeoutError):
-        return f"no answer from {host}:{port} in time ({exc})"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-async def start(node: Node, config: NodeConfig) -> Distribution:
-    """Start distribution for ``node``: resolve the cookie and listen on ``host:port``.
-
-    ``config.peers``: the static discovery strategy, addresses that this node
-    connects to and keeps reconnecting to."""
-    host, port, hidden, listen, peers = config.host, config.port, config.hidden, config.listen, config.peers
-    if listen and not is_loopback(host):
-        resolved = resolve_cookie(config.cookie, create=False)
-    else:
-        resolved = resolve_cookie(config.cookie)
-    if listen and not is_loopback(host) and resolved.source == "generated":
-        raise HermesError(f"refusing to listen on {host} with a cookie made up just now: other machines "
-                          "cannot know it. Pass cookie=, set HERMES_COOKIE or write ~/.hermes/cookie.")
-    dist = Distribution(node, resolved.value, hidden=hidden, tick_interval=config.tick_interval,
-                        max_frame=config.max_frame, connect_timeout=config.connect_timeout,
-                        max_link_buffer=config.max_link_buffer, tls=config.tls)
-    node.dist = dist
-    if listen:
-        try:
-            await dist.listen(host, port)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {_strerror(exc)}: choose another "
-                          "port (0: any free one) or stop the process that holds it") from exc
-    else:
-        dist.local = PeerInfo(node.name, node.creation, (host, 0), hidden)
-    if peers:
-        dist.keep_connected(list(peers))
-    return dist
-
-
-__all__ = ["Distribution", "drain", "start", "statistics"]
+__all__ = ["Distribution", "of", "portable_reason"]

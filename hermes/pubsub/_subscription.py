@@ -24,7 +24,6 @@ the node stops. A subscription is used from the node's loop only.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any
 
 from .. import registry

@@ -12,7 +12,8 @@ from threading import get_ident
 from typing import Any, Callable
 
 from .._errors import ActorExited, HermesError, NotInActor
-from . import _node as _nodemod
+from . import _current as _nodemod
+from ._node import Node
 from ._actor import Actor, Call, Cast
 from ._flow import options_of as flow_options_of
 from ._flow import process_info as _process_info
@@ -224,7 +225,7 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
             node_.end_remote_call(target[0] if type(target) is Pid else target[1], ref)
 
 
-def _call_remote(node_: _nodemod.Node, target: Pid | tuple[str, str], request: Any, caller: Process | None,
+def _call_remote(node_: Node, target: Pid | tuple[str, str], request: Any, caller: Process | None,
                  ref: Ref) -> None:
     sender = caller.pid if caller else None
     if type(target) is Pid:

@@ -18,15 +18,15 @@ import contextvars
 from threading import get_ident  # the thread rule's check: no syscall (3.11's running-loop lookup makes one)
 import itertools
 import logging
-import socket
+
 from typing import Any, Callable, Protocol
 
-from .._errors import ActorExited, HermesError, NoNode
+from .._errors import ActorExited, HermesError
 from ._actor import Actor
 from ._deadlines import Deadlines
 from ._messages import Down, NodeDown
 from ._pid import Pid, Ref
-from . import _flow
+from . import _flow, _shutdown
 from ._process import DEAD, RUNNING, ActorProcess, Process, TaskProcess, current
 
 _new_tuple = tuple.__new__
@@ -385,42 +385,14 @@ class Node:
     # -- stopping -------------------------------------------------------------
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every actor with ``"shutdown"``: newest spawned first, each one's (async)
-        ``terminate`` awaited before the next, and children of a live Supervisor
-        left to it, so a supervisor stops its own children in its own order."""
+        """Stop every actor with ``"shutdown"`` (see ``_shutdown``)."""
         self.stopping = True
         if self._scan is not None:
             self._scan.cancel()
-        deadline = self.loop.time() + timeout
-        while self.procs and self.loop.time() < deadline:
-            for proc in reversed(list(self.procs.values())):  # the table keeps spawn order
-                if proc.state != RUNNING or self._supervised(proc):
-                    continue
-                proc.exit("shutdown")
-                if proc.state != DEAD:  # an async terminate is running: let it finish first
-                    await self._finish(proc, deadline)
-            if any(p.state == RUNNING and not self._supervised(p) for p in self.procs.values()):
-                continue  # a terminate spawned something: go round again
-            break
-        for proc in list(self.procs.values()):
-            proc.exit("killed")
-
-    async def _finish(self, proc: Process, deadline: float) -> None:
-        remaining = deadline - self.loop.time()
-        if remaining <= 0:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self.done_future(proc)), remaining)
-        except TimeoutError:
-            log.warning("actor %s did not finish terminate in time", proc.pid)
-
-    def _supervised(self, proc: Process) -> bool:
-        from ._supervisor import Supervisor
-
-        parent = self.procs.get(proc.parent) if proc.parent is not None else None
-        return isinstance(parent, ActorProcess) and isinstance(parent.actor, Supervisor)
+        await _shutdown.stop_all(self, timeout)
 
     def done_future(self, proc: Process) -> asyncio.Future[Any]:
+        """A future set to ``proc``'s exit reason when it has ended."""
         if proc.done is None:
             proc.done = self.loop.create_future()
             if proc.state == DEAD:
@@ -433,44 +405,3 @@ def _unlink_then_exit(proc: Process, sender: Pid, reason: Any) -> None:
         return  # unlinked meanwhile: the signal no longer applies
     proc.links.discard(sender)
     proc.signal_exit(sender, reason)
-
-
-# The node of this process. One per OS process, as in Erlang; ``run`` sets it.
-_node: Node | None = None
-
-
-class _Running:
-    """The node of this process as an attribute of one object: what hot paths of
-    the layers above read (``lowlevel.running.node``, two attribute loads, no call)."""
-
-    __slots__ = ("node",)
-
-    def __init__(self) -> None:
-        self.node: Node | None = None
-
-
-running = _Running()
-
-
-def get() -> Node:
-    node = _node
-    if node is None:
-        raise NoNode("no Hermes node is running in this process (use hermes.run or hermes.start)")
-    if node.thread != get_ident():
-        raise off_loop(node)
-    return node
-
-
-def off_loop(node: Node) -> HermesError:
-    """The thread rule: the node's state belongs to its loop's thread."""
-    return HermesError(f"a Hermes call was made off node {node.name}'s event loop thread; from another "
-                       "thread, go through the node's handle: node.submit(fn, *args)")
-
-
-def set_node(node: Node | None) -> None:
-    global _node
-    _node = running.node = node
-
-
-def default_host() -> str:
-    return socket.gethostname().split(".")[0] or "localhost"

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from . import _node
+from . import _current
 from ._actor import Actor, Call, Cast
 from ._api import rpc_body
-from ._node import Distribution, Node, default_host, running
+from ._current import default_host, running
+from ._node import Distribution, Node
 from ._process import ActorProcess, Process, TaskProcess, current
 from ._tasks import install as install_task_factory, uninstall as uninstall_task_factory
 
@@ -45,17 +46,17 @@ __all__ = [
 
 def current_node() -> Node:
     """The node of this process; ``NoNode`` if none runs."""
-    return _node.get()  # NoNode, or HermesError off the node's loop thread
+    return _current.get()  # NoNode, or HermesError off the node's loop thread
 
 
 def node_or_none() -> Node | None:
     """The node of this process, or ``None``: for hot paths that check once."""
-    return _node._node
+    return _current._node
 
 
 def set_current_node(node: Node | None) -> None:
     """Install (or clear) the node of this process. Only ``run``/``start`` call it."""
-    _node.set_node(node)
+    _current.set_node(node)
 
 
 def current_process() -> Process | None:
@@ -65,7 +66,7 @@ def current_process() -> Process | None:
 
 def process_of(pid: Any) -> Process | None:
     """The live local process of ``pid``, or ``None``."""
-    node = _node._node
+    node = _current._node
     return node.procs.get(pid) if node is not None else None
 
 

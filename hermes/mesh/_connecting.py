@@ -1,0 +1,149 @@
+"""Connecting to other nodes: by name (resolved by the layers' resolvers, e.g.
+the pg service), by address, kept connected (static peers), and in the
+background (mesh completion, discovery). A failure is logged once per new
+reason, in words (unknown host, refused, cookie rejected, timeout).
+
+A mixin of ``Distribution``: it uses its ``conns``, ``pending``, ``addresses``,
+``resolvers``, ``failures`` and ``_tasks``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from .._errors import HandshakeError, HermesError
+from ..transport import PeerRefusedError, open_connection
+
+log = logging.getLogger("hermes.mesh")
+
+
+class Connecting:
+    conns: dict[str, Any]
+    pending: dict[str, asyncio.Future[bool]]
+    addresses: dict[str, tuple[str, int]]
+    failures: dict[str, str]
+    _tasks: set[asyncio.Task[Any]]
+
+    async def connect(self, name: str) -> bool:
+        if name in self.conns:
+            return True
+        address = self.addresses.get(name) or self._resolve(name)
+        if address is None:
+            where = "the pg service does not list it" if self.resolvers else "no address known (a standalone node: use peers)"
+            self._failed(name, f"unknown node ({where})")
+            return False
+        return await self.connect_address(address, expect=name)
+
+    def _resolve(self, name: str) -> tuple[str, int] | None:
+        for resolver in self.resolvers:
+            address = resolver(name)
+            if address is not None:
+                return address
+        return None
+
+    async def connect_address(self, address: tuple[str, int], expect: str | None = None) -> bool:
+        """Connect to whatever node listens at ``address`` (``expect``: its name)."""
+        if expect is None and self._connected_to(address):
+            return True
+        key = expect or f"{address[0]}:{address[1]}"
+        pending = self.pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = self.node.loop.create_future()
+        self.pending[key] = fut
+        try:
+            result = await self._open(address, expect)
+        finally:
+            del self.pending[key]
+        fut.set_result(result)
+        return result
+
+    async def _open(self, address: tuple[str, int], expect: str | None) -> bool:
+        try:
+            conn = await open_connection(self, address[0], address[1], local=self.local, cookie=self.cookie,
+                                         timeout=self.connect_timeout, tick_interval=self.tick_interval,
+                                         max_frame=self.max_frame, ssl=self.client_ssl)
+        except PeerRefusedError:
+            # refused at the handshake: a duplicate (we may be connected the other way)
+            return await self._wait_connected(expect, address)
+        except (OSError, TimeoutError, HermesError) as exc:
+            self._failed(expect or f"{address[0]}:{address[1]}", _connect_failure(address, exc))
+            return False
+        self.failures.pop(expect or f"{address[0]}:{address[1]}", None)
+        if expect is not None and conn.peer.name != expect:
+            log.warning("node at %s is %s, not %s", address, conn.peer.name, expect)
+        return True
+
+    def _failed(self, key: str, reason: str) -> None:
+        """One line per new reason (a static peer retried every second logs it once).
+        A hidden node is a tool (a remote shell, a status probe) that reports it itself."""
+        level = logging.DEBUG if self.hidden or self.failures.get(key) == reason else logging.WARNING
+        self.failures[key] = reason
+        log.log(level, "cannot connect to %s: %s", key, reason)
+
+    def _connected_to(self, address: tuple[str, int]) -> bool:
+        return any(c.peer is not None and tuple(c.peer.address) == tuple(address) for c in self.conns.values())
+
+    async def _wait_connected(self, name: str | None, address: tuple[str, int], timeout: float = 1.0) -> bool:
+        def done() -> bool:
+            return name in self.conns if name is not None else self._connected_to(address)
+
+        deadline = self.node.loop.time() + timeout
+        while not done() and self.node.loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        return done()
+
+    def keep_connected(self, addresses: list[tuple[str, int]], interval: float = 1.0) -> None:
+        """Static discovery: connect to these addresses now and whenever the
+        node there is not connected (checked every ``interval`` seconds)."""
+
+        async def loop() -> None:
+            while True:
+                connected = {tuple(c.peer.address) for c in self.conns.values() if c.peer is not None}
+                for address in addresses:
+                    if address not in connected and address != tuple(self.local.address):
+                        await self.connect_address(address)
+                await asyncio.sleep(interval)
+
+        task = self.node.loop.create_task(loop())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def disconnect(self, name: str) -> bool:
+        conn = self.conns.get(name)
+        if conn is None:
+            return False
+        conn.send(("bye",))  # written before the close: the peer knows we hung up on purpose
+        conn.close("disconnect")
+        return True
+
+    def connect_soon(self, name: str, address: tuple[str, int] | None = None) -> None:
+        """Connect in the background (mesh completion, discovery)."""
+        if name == self.node.name or name in self.conns or name in self.pending:
+            return
+        if address is not None:
+            self.addresses[name] = address
+        task = self.node.loop.create_task(self.connect(name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _strerror(exc: OSError) -> str:
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def _connect_failure(address: tuple[str, int], exc: BaseException) -> str:
+    """Why a connect failed, in words: unknown host, refused, cookie rejected, timeout."""
+    host, port = address
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {host!r}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused at {host}:{port} (no node listens there)"
+    if isinstance(exc, HandshakeError):
+        return f"the node at {host}:{port} rejected this node's cookie, or this node its: use the same cookie ({exc})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {host}:{port} in time ({exc})"
+    return f"{type(exc).__name__}: {exc}"
