@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from hermes._errors import SerializationError
-from hermes.transport._codec import dumps, dumps_fn, loads
+from hermes.transport._codec import dumps, loads
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -102,10 +102,10 @@ def test_data_holding_the_opcode_byte_is_plain_pickle() -> None:
     assert loads(dumps(value)) == value
 
 
-def test_dumps_fn_ships_by_value_or_by_reference() -> None:
+def test_code_ships_by_value_or_by_reference() -> None:
     captured = 3
-    assert loads(dumps_fn(lambda: captured))() == 3
-    by_reference = dumps_fn(module_level_function)
+    assert loads(dumps(lambda: captured))() == 3
+    by_reference = dumps(module_level_function)
     assert loads(by_reference) is module_level_function
     assert len(by_reference) < 200  # a reference, not the code
 
@@ -132,8 +132,8 @@ def test_socket_inside_a_container_names_both_types() -> None:
     assert isinstance(info.value.__cause__, TypeError)
 
 
-def test_dumps_fn_failure_is_a_serialization_error() -> None:
+def test_code_that_cannot_be_shipped_is_a_serialization_error() -> None:
     lock = threading.Lock()
     with pytest.raises(SerializationError) as info:
-        dumps_fn(lambda: lock)
+        dumps(lambda: lock)
     assert info.value.__cause__ is not None

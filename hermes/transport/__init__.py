@@ -16,7 +16,7 @@ never see a ``Connection``.
 """
 from __future__ import annotations
 
-from ._codec import dumps, dumps_fn, loads
+from ._codec import dumps, loads
 from ._connection import (DEFAULT_MAX_FRAME, Connection, ConnectionDelegate, ConnectionStatistics,
                           PeerRefusedError)
 from ._cookie import ENV_VAR as COOKIE_ENV_VAR
@@ -28,6 +28,6 @@ from ._tls import client_context, server_context
 __all__ = [
     "COOKIE_ENV_VAR", "DEFAULT_MAX_FRAME", "FRAME_HEADER", "Connection", "ConnectionDelegate",
     "ConnectionStatistics", "Handshake", "HandshakeRefused", "PeerInfo", "PeerRefusedError", "ResolvedCookie",
-    "dumps", "dumps_fn", "loads", "open_connection", "resolve_cookie", "start_listener",
+    "dumps", "loads", "open_connection", "resolve_cookie", "start_listener",
     "client_context", "server_context",
 ]

@@ -16,9 +16,9 @@ Rules:
   ships their code by value (the receiving node may not be able to import
   them). This holds for every value, so code shipped by ``spawn(node=)``,
   ``rpc`` and ``LocalCluster.rpc`` honours the registry too.
-- ``dumps_fn`` always uses cloudpickle, for shipping code (spawn on a node,
-  rpc). Cloudpickle still pickles importable module-level functions by
-  reference, which is what we want: the receiver runs its own copy.
+- Code (a ``spawn(node=)`` target, an ``rpc`` function) goes through the same
+  ``dumps``: an importable module-level function pickles by reference (the
+  receiver runs its own copy), a lambda or closure by value.
 - ``loads`` is ``pickle.loads``; it must only ever see bytes from an
   authenticated peer (the connection guarantees that).
 
@@ -43,7 +43,7 @@ import cloudpickle  # type: ignore[import-untyped]  # it ships no type informati
 
 from hermes._errors import SerializationError
 
-__all__ = ["PROTOCOL", "dumps", "dumps_fn", "loads"]
+__all__ = ["PROTOCOL", "dumps", "loads"]
 
 PROTOCOL = 5
 
@@ -80,11 +80,6 @@ def _names_by_value(data: bytes) -> bool:
     """True if the pickle may name a module registered by value (a false
     positive only costs a cloudpickle)."""
     return any(data.find(name.encode()) != -1 for name in _BY_VALUE)
-
-
-def dumps_fn(fn: Any) -> bytes:
-    """Pickle a function or class by value unless it is importable by reference."""
-    return _cloudpickle(fn)
 
 
 def _cloudpickle(obj: Any) -> bytes:
