@@ -131,7 +131,11 @@ class Node:
         if pid is None:
             pid = self.new_pid()
         parent_pid = parent.pid if parent is not None else None
-        limit, overflow = _flow.options_of(target, kwargs)  # before anything is created
+        if kwargs or getattr(target, "mailbox_limit", None) is not None or \
+                getattr(target, "overflow", "drop_oldest") != "drop_oldest":
+            limit, overflow = _flow.options_of(target, kwargs)  # checked before anything is created
+        else:  # unbounded, the class's defaults: no call (100k spawns in well under a second)
+            limit = None
         if self._scan is None:
             self._start_scan()
         if isinstance(target, type) and issubclass(target, Actor):

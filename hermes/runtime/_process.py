@@ -56,8 +56,13 @@ class Process:
     __slots__ = (
         "node", "pid", "mailbox", "links", "monitors", "watching", "trap_exit",
         "name", "state", "reason", "parent", "ctx", "waiter", "done", "__weakref__",
-        "limit", "overflow", "dropped", "warned",  # flow control (see _flow.Bounded)
+        "warned",  # logged as past mailbox_warning, until it falls back below half
     )
+    # An unbounded mailbox (the default) has these as class attributes: spawning and
+    # delivering pay nothing for flow control. Bounded processes (``_flow``) have slots.
+    limit: int | None = None  # mailbox_limit
+    overflow = "drop_oldest"
+    dropped = 0
 
     def __init__(self, node: Node, pid: Pid, parent: Pid | None) -> None:
         self.node = node
@@ -74,10 +79,7 @@ class Process:
         self.ctx: contextvars.Context | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.done: asyncio.Future[Any] | None = None  # created on demand by waiters
-        self.limit: int | None = None  # mailbox_limit: None is unbounded (and deliver pays nothing)
-        self.overflow = "drop_oldest"
-        self.dropped = 0
-        self.warned = False  # logged as past mailbox_warning, until it falls back below half
+        self.warned = False
 
     # -- messages -------------------------------------------------------------
 
