@@ -88,6 +88,7 @@ class Scope(Actor):
         self.local_groups_of: dict[Pid, list[Any]] = {}  # pid -> its groups (one per membership)
         self.remote: dict[str, tuple[int, dict[Any, list[Pid]]]] = {}  # node -> (creation, buckets)
         self.applied: dict[str, int | None] = {}  # node -> the number its copy reflects (None: unknown)
+        self.outbox: list[tuple[str, Any, list[Pid], int]] = []  # numbered changes for the mesh, this step
         self.cache: dict[Any, list[Pid]] = {}  # group -> all visible members
         self.monitors: dict[Ref, tuple[Pid, Any]] = {}  # ref -> (watcher, group)
         self.monitors_of: dict[Pid, set[Ref]] = {}  # watcher -> its refs, dropped when it exits
@@ -208,13 +209,21 @@ class Scope(Actor):
         wiring.seq += len(changes)
         numbered = [(kind, group, pids, first + i) for i, (kind, group, pids) in enumerate(changes)]
         if wiring.over_mesh:
-            dist = dist_of(self.node)
-            if dist is not None and dist.conns:
-                peers = [name for name, conn in dist.conns.items() if not conn.peer.hidden]
-                if peers:
-                    dist.multicast(peers, ("pg_delta", numbered))
+            if not self.outbox:
+                self.node.loop.call_soon(self._flush_outbox)
+            self.outbox.extend(numbered)
         if wiring.client is not None:
             wiring.client.push(numbered)
+
+    def _flush_outbox(self) -> None:
+        """The changes of one loop step as one ``pg_delta`` per peer, pickled once.
+        race: a link that came up since: its ``pg_sync`` had them already; there they are skipped."""
+        outbox, self.outbox = self.outbox, []
+        dist = dist_of(self.node)
+        if outbox and dist is not None and dist.conns:
+            peers = [name for name, conn in dist.conns.items() if not conn.peer.hidden]
+            if peers:
+                dist.multicast(peers, ("pg_delta", outbox))
 
     # -- membership over the mesh, as Erlang's pg (with or without a service) --
 
@@ -357,7 +366,6 @@ class Scope(Actor):
         elif kind == "node_down":
             known = self.remote.get(name)
             if known is not None and known[0] == creation:
-                self.applied.pop(name, None)
                 self._replace_node(name, None)
         elif kind == "sync":
             self._rebase(name, creation, event[3], event[4])
@@ -378,8 +386,7 @@ class Scope(Actor):
         if known is None or known[0] < creation:
             self._replace_node(name, (creation, {}))
             known = self.remote[name]
-            if name not in self.applied:
-                self.applied[name] = None
+            self.applied[name] = None  # a new incarnation's copy, of unknown number
         elif known[0] != creation:
             return  # a stale incarnation's update
         buckets = known[1]
