@@ -6,6 +6,7 @@ through ``on_event(kind, payload)``, called from the client's threads:
 
     ("service_up", None)            registered and synced on a (new) connection
     ("snapshot", (nodes, buckets))  full state; replaces what the node knew
+                                    (``(nodes, buckets, seqs)`` with ``local_seq``)
     ("events", [event, ...])        incremental, in version order
     ("service_down", None)          lost the service; the node's view is stale
 
@@ -26,6 +27,12 @@ Rules:
   under the lock that guards the queue, so a resync sends the mirror and drops
   the queue atomically. (Re-reading ``local_memberships()`` at resync would race
   with concurrent pushes and apply a join twice; it only seeds the mirror.)
+
+- *Numbered changes* (``local_seq`` given): the node numbers its own changes
+  (``push`` gets ``(kind, group, members, seq)``) and ``local_seq()`` is the
+  number its ``local_memberships()`` reflect. The mirror keeps the number of
+  its newest change, ``sync`` sends it, and snapshots come with every
+  bucket's number (see ``_directory``).
 
 What it must not know: asyncio, actors, pids (members are opaque values).
 """
@@ -71,7 +78,7 @@ class ServiceClient:
         self, address: tuple[str, int], cookie: bytes, name: Any, creation: int, node_address: Any, *,
         on_event: OnEvent, local_memberships: Callable[[], dict[Any, list[Any]]],
         lease_ttl_hint: float = 3.0, poll_timeout: float = 1.0, call_timeout: float | None = None,
-        tls: TLSConfig | None = None,
+        tls: TLSConfig | None = None, local_seq: Callable[[], int] | None = None,
     ) -> None:
         self.address = (address[0], int(address[1]))
         self.name, self.creation, self.node_address = name, creation, node_address
@@ -79,6 +86,8 @@ class ServiceClient:
         self._tls = tls
         self._on_event = on_event
         self._local_memberships = local_memberships
+        self._local_seq = local_seq
+        self._mirror_seq: int | None = None   # the number of the mirror's newest change (numbered mode)
         self._lease_ttl = lease_ttl_hint
         self._poll_timeout = poll_timeout
         self._call_timeout = call_timeout if call_timeout is not None else max(1.0, lease_ttl_hint)
@@ -109,30 +118,39 @@ class ServiceClient:
         if self._threads:
             raise RuntimeError("ServiceClient already started")
         seed = self._local_memberships()
+        seed_seq = self._local_seq() if self._local_seq is not None else None
         with self._lock:
             self._mirror = {group: list(members) for group, members in seed.items() if members}
+            self._mirror_seq = seed_seq
         for target, role in ((self._writer_loop, "writer"), (self._feed_loop, "feed")):
             thread = threading.Thread(target=target, name=f"hermes-pg-{role}[{self.name}]", daemon=True)
             self._threads.append(thread)
             thread.start()
 
     def push(self, changes: list[Change]) -> None:
-        """Queue ``[("join"|"leave", group, [members])]``; sent in batches by the writer."""
-        if any(kind not in ("join", "leave") for kind, _, _ in changes):
+        """Queue ``[("join"|"leave", group, [members])]`` (numbered: ``(kind, group,
+        [members], seq)``); sent in batches by the writer."""
+        if any(change[0] not in ("join", "leave") for change in changes):
             raise ValueError(f"a change kind is neither 'join' nor 'leave': {changes!r}")
         with self._lock:
-            for kind, group, members in changes:
-                self._apply_to_mirror(kind, group, members)
+            for change in changes:
+                self._apply_to_mirror(change[0], change[1], change[2])
+                if len(change) > 3:
+                    self._mirror_seq = change[3]
             if self._accepting:
                 self._pending.extend(changes)
                 self._wake.notify()
 
-    def reset_local(self) -> None:
-        """This node's memberships are all gone (its pg scope restarted): leave them."""
+    def reset_local(self, first_seq: int | None = None) -> int:
+        """This node's memberships are all gone (its pg scope restarted): leave them,
+        numbered from ``first_seq`` in numbered mode. Returns how many changes that took."""
         with self._lock:
-            changes: list[Change] = [("leave", group, list(members)) for group, members in self._mirror.items()]
+            changes: list[Any] = [("leave", group, list(members)) for group, members in self._mirror.items()]
+        if first_seq is not None:
+            changes = [(*change, first_seq + i) for i, change in enumerate(changes)]
         if changes:
             self.push(changes)
+        return len(changes)
 
     def resync(self) -> None:
         """Deliver a fresh ``snapshot`` (within a poll period), e.g. to a new scope."""
@@ -212,10 +230,14 @@ class ServiceClient:
         self._lease_ttl = float(reply["lease_ttl"])
         with self._lock:   # the cut: the mirror carries every change queued so far
             memberships = {group: list(members) for group, members in self._mirror.items()}
+            seq = self._mirror_seq
             self._pending.clear()
             self._reports.clear()
             self._accepting = True
-        conn.call("sync", self.name, self.creation, memberships)
+        if seq is None:
+            conn.call("sync", self.name, self.creation, memberships)
+        else:   # the whole bucket as of change `seq`: replicas re-base on it
+            conn.call("sync", self.name, self.creation, memberships, seq)
         self._next_heartbeat = time.monotonic() + self._lease_ttl / 3
         self._stats["sessions"] += 1
         if not self._up.is_set():
@@ -290,7 +312,10 @@ class ServiceClient:
                 if session != self._session or self._resync.is_set():
                     self._resync.clear()
                     epoch = None   # a new session (or a restarted scope) starts from a snapshot
-                answer = self._feed_conn.call("changes", epoch, since, self._poll_timeout)
+                if self._local_seq is None:
+                    answer = self._feed_conn.call("changes", epoch, since, self._poll_timeout)
+                else:
+                    answer = self._feed_conn.call("changes", epoch, since, self._poll_timeout, True)
                 backoff = BACKOFF_MIN
             except Exception as exc:   # _SESSION_ERRORS, or the service raised: reconnect either way
                 if not isinstance(exc, _SESSION_ERRORS):
@@ -316,10 +341,10 @@ class ServiceClient:
             if not self._up.is_set():   # race: the session ended while we polled
                 return None, 0, -1
             if answer[0] == "snapshot":
-                _, epoch, version, nodes, buckets = answer
+                epoch, version, nodes, buckets = answer[1:5]
                 self._nodes = dict(nodes)
                 self._stats["snapshots"] += 1
-                self._deliver("snapshot", (nodes, buckets))
+                self._deliver("snapshot", (nodes, buckets) if self._local_seq is None else (nodes, buckets, answer[5]))
                 session = self._session
             elif session != self._session:
                 return None, 0, -1

@@ -16,6 +16,13 @@ Rules:
   snapshot instead of events.
 - A bigger ``creation`` is a newer incarnation of a node name: it replaces
   the stored one; an older one is refused.
+- *Sequence numbers* (optional, opaque here): a node may number its own
+  changes (``update`` changes as ``(kind, group, members, seq)``, ``sync``
+  with ``seq``). Its events then carry the number (``join``/``leave`` get it
+  as a sixth element; a numbered ``sync`` is one ``("sync", name, creation,
+  memberships, seq)`` event, the whole bucket), and ``changes(..., seqs=True)``
+  snapshots carry ``{(name, creation): seq}`` as a sixth element: replicas
+  that also hear the node on the mesh match the two by number.
 
 What it must not know: sockets, ``multiprocessing.managers`` (``_service``
 serves it), pids, actors, asyncio, the mesh. Node names, groups and members
@@ -83,6 +90,7 @@ class Directory:
         self._log: deque[tuple[int, Event]] = deque(maxlen=log_size)
         self._nodes: dict[Any, _NodeEntry] = {}
         self._buckets: dict[tuple[Any, int], Bucket] = {}
+        self._seqs: dict[tuple[Any, int], int] = {}   # the number of each bucket's newest change
         self._last_used = time.monotonic()
 
     # -- nodes ---------------------------------------------------------------------------
@@ -123,10 +131,16 @@ class Directory:
     # -- memberships ---------------------------------------------------------------------
 
     @_locked
-    def sync(self, name: Any, creation: int, memberships: dict[Any, list[Any]]) -> int | None:
+    def sync(self, name: Any, creation: int, memberships: dict[Any, list[Any]], seq: int | None = None) -> int | None:
         if self._extend_lease(name, creation) is None:
             return None
         bucket = self._buckets[(name, creation)]
+        if seq is not None:   # one event for the whole bucket: a replica re-bases on it at once
+            bucket.clear()
+            bucket.update({group: list(members) for group, members in memberships.items() if members})
+            self._seqs[(name, creation)] = seq
+            self._emit(("sync", name, creation, {g: list(ms) for g, ms in bucket.items()}, seq))
+            return self._version
         for group in list(bucket.keys() | memberships.keys()):
             old, new = Counter(bucket.get(group, ())), Counter(memberships.get(group, ()))
             if left := list((old - new).elements()):
@@ -144,25 +158,29 @@ class Directory:
         if self._extend_lease(name, creation) is None:   # a node that writes is alive
             return None
         bucket = self._buckets[(name, creation)]
-        for kind, group, members in changes:
+        for change in changes:
+            kind, group, members = change[:3]
+            seq = change[3] if len(change) > 3 else None
             if kind == "join":
-                self._join(name, creation, bucket, group, members)
+                self._join(name, creation, bucket, group, members, seq)
             elif kind == "leave":
-                self._leave(name, creation, bucket, group, members)
+                self._leave(name, creation, bucket, group, members, seq)
             else:
                 raise ValueError(f"unknown change kind {kind!r}")
+            if seq is not None:
+                self._seqs[(name, creation)] = seq
         return self._version
 
     # -- reads and the feed ----------------------------------------------------------------
 
     @_locked
-    def changes(self, epoch: str | None, since: int, timeout: float) -> tuple[Any, ...]:
+    def changes(self, epoch: str | None, since: int, timeout: float, seqs: bool = False) -> tuple[Any, ...]:
         if epoch != self.epoch or not self._in_log(since):
-            return self._snapshot()
+            return self._snapshot(seqs)
         if since == self._version and timeout > 0:
             self._cond.wait_for(lambda: self._version != since, min(float(timeout), MAX_POLL))
             if not self._in_log(since):   # race: the log rolled past `since` while we waited
-                return self._snapshot()
+                return self._snapshot(seqs)
         count = min(self._version - since, MAX_BATCH)
         newest_first = islice(reversed(self._log), self._version - since - count, self._version - since)
         events = [event for _, event in newest_first]
@@ -218,16 +236,20 @@ class Directory:
     def _remove_node(self, name: Any, why: str) -> bool:
         entry = self._nodes.pop(name)
         self._buckets.pop((name, entry.creation), None)
+        self._seqs.pop((name, entry.creation), None)
         self._emit(("node_down", name, entry.creation))
         log.info("node down: %r creation %r (%s)", name, entry.creation, why)
         return True
 
-    def _join(self, name: Any, creation: int, bucket: Bucket, group: Any, members: list[Any]) -> None:
+    def _join(self, name: Any, creation: int, bucket: Bucket, group: Any, members: list[Any],
+              seq: int | None = None) -> None:
         if members:
             bucket.setdefault(group, []).extend(members)
-            self._emit(("join", name, creation, group, list(members)))
+            event = ("join", name, creation, group, list(members))
+            self._emit(event if seq is None else (*event, seq))
 
-    def _leave(self, name: Any, creation: int, bucket: Bucket, group: Any, members: list[Any]) -> None:
+    def _leave(self, name: Any, creation: int, bucket: Bucket, group: Any, members: list[Any],
+               seq: int | None = None) -> None:
         current = bucket.get(group, [])
         removed = []
         for member in members:
@@ -237,13 +259,16 @@ class Directory:
         if not current:
             bucket.pop(group, None)
         if removed:
-            self._emit(("leave", name, creation, group, removed))
+            event = ("leave", name, creation, group, removed)
+            self._emit(event if seq is None else (*event, seq))
 
     def _in_log(self, since: int) -> bool:
         floor = self._log[0][0] - 1 if self._log else self._version
         return floor <= since <= self._version
 
-    def _snapshot(self) -> tuple[Any, ...]:
+    def _snapshot(self, seqs: bool = False) -> tuple[Any, ...]:
         nodes = {name: (e.creation, e.address) for name, e in self._nodes.items()}
         buckets = {key: {g: list(ms) for g, ms in bucket.items()} for key, bucket in self._buckets.items()}
+        if seqs:
+            return ("snapshot", self.epoch, self._version, nodes, buckets, dict(self._seqs))
         return ("snapshot", self.epoch, self._version, nodes, buckets)

@@ -1,9 +1,23 @@
 """The pg scope: this node's replica of every process group in the cluster.
 
 Local ``join``/``leave`` are applied at once (the caller runs on the node's
-loop, as the scope does) and pushed to the pg service; remote changes come
-from the service's change feed through ``ServiceClient``, whose threads hand
-them to the loop with ``call_soon_threadsafe``. Every read is local.
+loop, as the scope does), sent to every connected node on the mesh (as
+Erlang's pg does: one hop) and pushed to the pg service, the directory. Remote
+changes come both ways: from the mesh, and from the service's change feed
+through ``ServiceClient``, whose threads hand them to the loop with
+``call_soon_threadsafe``. Every read is local.
+
+Sequence numbers: each node numbers its own changes, 1, 2, ... per
+incarnation (``Wiring.seq``, kept across scope restarts). A change carries
+its number on the mesh (``pg_delta``) and to the service, whose events and
+snapshots carry it back; a whole-state message (``pg_sync`` on a new
+connection, the service's ``sync`` event, a snapshot) carries the number it
+reflects. The replica keeps, per remote incarnation, the number its copy
+reflects (``applied``); the rules, each race named where it is handled:
+
+- a mesh delta applies only if it is the next number (``applied + 1``);
+- a feed event applies only if its number is above ``applied``;
+- a whole state replaces the copy only if its number is at least ``applied``.
 
 Visibility rule: the members of another node count only while this node holds
 a mesh connection to that node's current incarnation. So:
@@ -43,7 +57,8 @@ class Wiring:
     def __init__(self) -> None:
         self.scope: Scope | None = None  # None while the scope is down or restarting
         self.client: Any = None  # the ServiceClient, with a service
-        self.over_mesh = False  # no service: memberships travel on the mesh (pg_sync/pg_delta)
+        self.over_mesh = False  # memberships also travel on the mesh (pg_sync/pg_delta/pg_hello)
+        self.seq = 0  # the number of this node's newest membership change (this incarnation)
         self.resync_grace = 3.0  # seconds the feed is held after the service comes back
         # Bumped whenever the visible members of any group may have changed,
         # and when the scope comes or goes: whoever caches something derived
@@ -72,6 +87,8 @@ class Scope(Actor):
         self.local: dict[Any, list[Pid]] = {}  # group -> local members (duplicates kept)
         self.local_groups_of: dict[Pid, list[Any]] = {}  # pid -> its groups (one per membership)
         self.remote: dict[str, tuple[int, dict[Any, list[Pid]]]] = {}  # node -> (creation, buckets)
+        self.applied: dict[str, int | None] = {}  # node -> the number its copy reflects (None: unknown)
+        self.outbox: list[tuple[str, Any, list[Pid], int]] = []  # numbered changes for the mesh, this step
         self.cache: dict[Any, list[Pid]] = {}  # group -> all visible members
         self.monitors: dict[Ref, tuple[Pid, Any]] = {}  # ref -> (watcher, group)
         self.monitors_of: dict[Pid, set[Ref]] = {}  # watcher -> its refs, dropped when it exits
@@ -88,14 +105,17 @@ class Scope(Actor):
         rest; then the ``after_restart`` hooks run."""
         for hook in list(self.wiring.after_restart.values()):
             self.node.loop.call_soon(hook)
-        client, dist = self.wiring.client, dist_of(self.node)
+        client, dist, wiring = self.wiring.client, dist_of(self.node), self.wiring
         if client is not None:
-            client.reset_local()
+            # race: the old scope's members are in the service: they leave, numbered as usual
+            wiring.seq += client.reset_local(wiring.seq + 1)
             client.resync()
-        elif self.wiring.over_mesh and dist is not None:
+        else:
+            wiring.seq += 1  # the empty state below is a new state: a new number
+        if wiring.over_mesh and dist is not None:
             for conn in list(dist.conns.values()):
                 if not conn.peer.hidden:
-                    conn.send(("pg_sync", {}))
+                    conn.send(("pg_sync", {}, wiring.seq))  # nothing here as of the leaves above
                     conn.send(("pg_hello",))  # the peer answers with its pg_sync
 
     # -- reads ----------------------------------------------------------------
@@ -184,26 +204,40 @@ class Scope(Actor):
         self._push(changes)
 
     def _push(self, changes: list[tuple[str, Any, list[Pid]]]) -> None:
-        if self.wiring.client is not None:
-            self.wiring.client.push(changes)
-        elif self.wiring.over_mesh:
-            dist = dist_of(self.node)
-            for conn in list(dist.conns.values()):  # type: ignore[union-attr]
-                if not conn.peer.hidden:
-                    conn.send(("pg_delta", changes))
+        wiring = self.wiring
+        first = wiring.seq + 1
+        wiring.seq += len(changes)
+        numbered = [(kind, group, pids, first + i) for i, (kind, group, pids) in enumerate(changes)]
+        if wiring.over_mesh:
+            if not self.outbox:
+                self.node.loop.call_soon(self._flush_outbox)
+            self.outbox.extend(numbered)
+        if wiring.client is not None:
+            wiring.client.push(numbered)
 
-    # -- without a service: membership over the mesh, as Erlang's pg ---------
+    def _flush_outbox(self) -> None:
+        """The changes of one loop step as one ``pg_delta`` per peer, pickled once.
+        race: a link that came up since: its ``pg_sync`` had them already; there they are skipped."""
+        outbox, self.outbox = self.outbox, []
+        dist = dist_of(self.node)
+        if outbox and dist is not None and dist.conns:
+            peers = [name for name, conn in dist.conns.items() if not conn.peer.hidden]
+            if peers:
+                dist.multicast(peers, ("pg_delta", outbox))
+
+    # -- membership over the mesh, as Erlang's pg (with or without a service) --
 
     def mesh_connected(self, conn: Any) -> None:
-        """A new connection: send it our whole local membership."""
+        """A new connection: send it our whole local membership and its number."""
         if not conn.peer.hidden:
-            conn.send(("pg_sync", self.local_snapshot()))
+            conn.send(("pg_sync", self.local_snapshot(), self.wiring.seq))
 
     def mesh_sync(self, conn: Any, frame: tuple[Any, ...]) -> None:
         peer = conn.peer
         if peer.hidden:
             return  # hidden nodes are in no group
-        self._replace_node(peer.name, (peer.creation, {g: list(p) for g, p in frame[1].items() if p}))
+        # race: a link that comes up between a push and its feed event: the feed event is at or below this number
+        self._rebase(peer.name, peer.creation, frame[1], frame[2] if len(frame) > 2 else None)
 
     def mesh_hello(self, conn: Any, frame: tuple[Any, ...]) -> None:
         """A peer's scope restarted and asks for our memberships again."""
@@ -213,8 +247,20 @@ class Scope(Actor):
         peer = conn.peer
         if peer.hidden:
             return
-        for kind, group, pids in frame[1]:
-            self._apply_membership(kind, peer.name, peer.creation, group, pids)
+        name, creation = peer.name, peer.creation
+        known = self.remote.get(name)
+        if known is None or known[0] != creation:
+            return  # race: the feed dropped or replaced it (node_down, newer creation): its sync re-bases
+        for kind, group, pids, seq in frame[1]:
+            applied = self.applied.get(name)
+            if applied is None or seq > applied + 1:
+                # race: a delta written before the pg_sync of a new link, or our copy came from a
+                # snapshot of unknown number: the sync (or the feed) that follows covers it
+                continue
+            if seq <= applied:
+                continue  # race: the feed delivered it first (the link was slower than the service)
+            self.applied[name] = seq
+            self._apply_membership(kind, name, creation, group, pids)
 
     def local_snapshot(self) -> dict[Any, list[Pid]]:
         return {group: list(members) for group, members in self.local.items()}
@@ -260,14 +306,43 @@ class Scope(Actor):
             for event in payload:
                 self._apply_event(event)
 
-    def _apply_snapshot(self, nodes: dict[str, tuple[int, Any]], buckets: dict[tuple[str, int], Any]) -> None:
+    def _apply_snapshot(self, nodes: dict[str, tuple[int, Any]], buckets: dict[tuple[str, int], Any],
+                        seqs: dict[tuple[str, int], int] | None = None) -> None:
         before = self._all_visible_groups()
-        self.remote = {}
+        listed = set()
         for (name, creation), groups in buckets.items():
             if name != self.node.name and nodes.get(name, (None,))[0] == creation:
-                self.remote[name] = (creation, {g: list(m) for g, m in groups.items() if m})
+                listed.add(name)
+                seq = seqs.get((name, creation)) if seqs is not None else None
+                self._rebase(name, creation, groups, seq, quiet=True)
+        for name in list(self.remote):
+            if name not in listed and not (self.wiring.over_mesh and self._visible(name, self.remote[name][0])):
+                # race: a restarted service lists nodes only once they re-register; one we
+                # hear on the mesh stays exact meanwhile (its deltas follow its pg_sync)
+                self.remote.pop(name)
+                self.applied.pop(name, None)
         self._events_since(before)
         self._discover(nodes)
+
+    def _rebase(self, name: str, creation: int, groups: dict[Any, list[Pid]], seq: int | None,
+                quiet: bool = False) -> None:
+        """A whole state of ``name``'s incarnation ``creation`` as of change ``seq``."""
+        known = self.remote.get(name)
+        if known is not None:
+            if known[0] > creation:
+                return  # race: a stale incarnation's state arrives after the newer one's
+            applied = self.applied.get(name)
+            if known[0] == creation and applied is not None:
+                if seq is None:
+                    return  # race: a snapshot between its register and its sync (no number yet): ours is exact
+                if seq < applied:
+                    return  # race: an older state than ours (the snapshot was taken before a delta we applied)
+        entry = (creation, {g: list(m) for g, m in groups.items() if m})
+        self.applied[name] = seq
+        if quiet:
+            self.remote[name] = entry
+        else:
+            self._replace_node(name, entry)
 
     def _all_visible_groups(self) -> dict[str, dict[Any, list[Pid]]]:
         return {name: self._visible_groups(name) for name in self.remote}
@@ -284,14 +359,26 @@ class Scope(Actor):
             return
         if kind == "node_up":
             known = self.remote.get(name)
-            if known is None or known[0] != creation:
+            if known is None or known[0] < creation:  # race: an old node_up read after the mesh met a newer one
+                self.applied[name] = None  # its sync event follows
                 self._replace_node(name, (creation, {}))
             self._discover({name: (creation, event[3])})
         elif kind == "node_down":
             known = self.remote.get(name)
             if known is not None and known[0] == creation:
                 self._replace_node(name, None)
+        elif kind == "sync":
+            self._rebase(name, creation, event[3], event[4])
         elif kind in ("join", "leave"):
+            if len(event) > 5:
+                known = self.remote.get(name)
+                applied = self.applied.get(name) if known is not None and known[0] == creation else None
+                if applied is not None:
+                    if event[5] <= applied:
+                        return  # race: the mesh delivered it first (the one hop this is for)
+                    self.applied[name] = event[5]
+                # else: a copy of unknown number (or a newer incarnation met here first): applied as it
+                # comes, and its number stays unknown until a whole state (sync, snapshot) re-bases it
             self._apply_membership(kind, name, creation, event[3], event[4])
 
     def _apply_membership(self, kind: str, name: str, creation: int, group: Any, pids: list[Pid]) -> None:
@@ -299,6 +386,7 @@ class Scope(Actor):
         if known is None or known[0] < creation:
             self._replace_node(name, (creation, {}))
             known = self.remote[name]
+            self.applied[name] = None  # a new incarnation's copy, of unknown number
         elif known[0] != creation:
             return  # a stale incarnation's update
         buckets = known[1]
@@ -318,6 +406,7 @@ class Scope(Actor):
         before = self._visible_groups(name)
         if entry is None:
             self.remote.pop(name, None)
+            self.applied.pop(name, None)
         else:
             self.remote[name] = entry
         self._forget_members()

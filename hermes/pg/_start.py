@@ -68,8 +68,8 @@ async def start(node: Node, config: NodeConfig) -> PgService:
     if dist is not None:  # pg's one clause for a node's arrival and one for its loss, as pg.erl's
         dist.on_node_up(lambda name, peer: _on_scope(node, "visibility_changed", name, {}))
         dist.on_node_down(lambda name, creation, lost: _node_down(node, wiring, name, creation, lost))
-    if cluster is None and dist is not None and not dist.hidden:
-        _membership_over_mesh(node, wiring, dist)  # static peers, or connect() by address
+    if dist is not None and not dist.hidden:
+        _membership_over_mesh(node, wiring, dist)  # deltas in one hop; with a service too
     if cluster is None or dist is None:
         return PgService(node, None)
     address = parse_cluster(cluster)
@@ -88,7 +88,7 @@ async def start(node: Node, config: NodeConfig) -> PgService:
 
     client = ServiceClient(address, dist.cookie, node.name, node.creation, tuple(dist.local.address),
                            on_event=on_event, local_memberships=scope.local_snapshot, lease_ttl_hint=lease_ttl,
-                           tls=config.tls, poll_timeout=FEED_POLL)
+                           tls=config.tls, poll_timeout=FEED_POLL, local_seq=lambda: wiring.seq)
     wiring.client = client
     wiring.resync_grace = lease_ttl  # every live node re-registers within a lease period
     dist.resolvers.append(lambda name: _address_of(client, name))
@@ -110,12 +110,18 @@ async def _reconcile(dist: Any, client: ServiceClient, interval: float) -> None:
 
 
 def _membership_over_mesh(node: Node, wiring: Wiring, dist: Any) -> None:
-    """Without a service, nodes tell each other their memberships directly: the
-    whole local membership on each new connection, then every change."""
+    """Nodes tell each other their memberships directly, as Erlang's pg: the whole
+    local membership (and its number) on each new connection, then every change.
+    With a service, the service stays the directory and the truth after
+    reconnects; the numbers let a replica take each change once (see ``_scope``)."""
     wiring.over_mesh = True
     dist.on_node_up(lambda name, peer: _on_scope(node, "mesh_connected", dist.conns[name]))
     for tag, method in (("pg_sync", "mesh_sync"), ("pg_delta", "mesh_delta"), ("pg_hello", "mesh_hello")):
         dist.handlers[tag] = lambda _dist, conn, frame, method=method: _on_scope(node, method, conn, frame)
+    for conn in list(dist.conns.values()):  # race: links that came up before pg was wired
+        _on_scope(node, "mesh_connected", conn)
+        if not conn.peer.hidden:
+            conn.send(("pg_hello",))  # its pg_sync may have come before our handlers: ask again
 
 
 def _on_scope(node: Node, method: str, *args: Any) -> None:
