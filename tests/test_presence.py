@@ -490,7 +490,16 @@ def test_a_node_that_stops_cleanly_leaves_once_per_entry():
 
 # -- a real cut: three test hosts in network namespaces ---------------------------------
 
-NETNS = "/work/shared/tools/netns.sh"
+def _find_netns() -> str:
+    """shared/tools/netns.sh beside the checkout (as CI lays it), else the workplace's."""
+    import os
+
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "shared", "tools", "netns.sh")
+    return beside if os.path.exists(beside) else "/work/shared/tools/netns.sh"
+
+
+NETNS = _find_netns()
 
 
 async def netns_app() -> None:
@@ -502,10 +511,13 @@ async def netns_app() -> None:
     out, n = os.environ["PRESENCE_OUT"], int(os.environ["PRESENCE_N"])
     me = hermes.node().split("@")[0]
     hermes.subscribe("cut")
-    for i in range(n):
-        presence.track("cut", f"{me}:{i}", i)
     joins: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
+    # what peers' replicas brought before we subscribed (main starts after the first
+    # discovery round): the initial state, then the diffs, as a Phoenix client reads them
+    joins.update(k.split(":")[0] for k, metas in presence.list("cut").items() for _ in metas)
+    for i in range(n):
+        presence.track("cut", f"{me}:{i}", i)
     while True:
         try:
             msg = await hermes.receive(timeout=0.05)
