@@ -143,6 +143,12 @@ class Distribution(Connecting, Backpressure):
         opposed to a deliberate close by either side."""
         self.down_listeners.append(listener)
 
+    def peer(self, node: str) -> PeerInfo | None:
+        """Who is at the other end of the link to ``node`` (name, creation, address,
+        hidden), or ``None`` if it is not connected."""
+        conn = self.conns.get(node)
+        return conn.peer if conn is not None else None
+
     def send_frame(self, node: str, frame: tuple[Any, ...]) -> bool:
         """One frame to ``node``; ``False`` if it is not connected."""
         conn = self.conns.get(node)

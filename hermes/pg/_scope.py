@@ -113,10 +113,9 @@ class Scope(Actor):
         else:
             wiring.seq += 1  # the empty state below is a new state: a new number
         if wiring.over_mesh and dist is not None:
-            for conn in list(dist.conns.values()):
-                if not conn.peer.hidden:
-                    conn.send(("pg_sync", {}, wiring.seq))  # nothing here as of the leaves above
-                    conn.send(("pg_hello",))  # the peer answers with its pg_sync
+            peers = dist.nodes()  # hidden nodes are in no group
+            dist.multicast(peers, ("pg_sync", {}, wiring.seq))  # nothing here as of the leaves above
+            dist.multicast(peers, ("pg_hello",))  # each peer answers with its pg_sync
 
     # -- reads ----------------------------------------------------------------
 
@@ -220,17 +219,18 @@ class Scope(Actor):
         race: a link that came up since: its ``pg_sync`` had them already; there they are skipped."""
         outbox, self.outbox = self.outbox, []
         dist = dist_of(self.node)
-        if outbox and dist is not None and dist.conns:
-            peers = [name for name, conn in dist.conns.items() if not conn.peer.hidden]
+        if outbox and dist is not None:
+            peers = dist.nodes()  # hidden nodes are in no group
             if peers:
                 dist.multicast(peers, ("pg_delta", outbox))
 
     # -- membership over the mesh, as Erlang's pg (with or without a service) --
 
-    def mesh_connected(self, conn: Any) -> None:
+    def mesh_connected(self, name: str, peer: Any) -> None:
         """A new connection: send it our whole local membership and its number."""
-        if not conn.peer.hidden:
-            conn.send(("pg_sync", self.local_snapshot(), self.wiring.seq))
+        dist = dist_of(self.node)
+        if not peer.hidden and dist is not None:
+            dist.send_frame(name, ("pg_sync", self.local_snapshot(), self.wiring.seq))
 
     def mesh_sync(self, conn: Any, frame: tuple[Any, ...]) -> None:
         peer = conn.peer
@@ -241,7 +241,7 @@ class Scope(Actor):
 
     def mesh_hello(self, conn: Any, frame: tuple[Any, ...]) -> None:
         """A peer's scope restarted and asks for our memberships again."""
-        self.mesh_connected(conn)
+        self.mesh_connected(conn.peer.name, conn.peer)
 
     def mesh_delta(self, conn: Any, frame: tuple[Any, ...]) -> None:
         peer = conn.peer

@@ -115,13 +115,12 @@ def _membership_over_mesh(node: Node, wiring: Wiring, dist: Any) -> None:
     With a service, the service stays the directory and the truth after
     reconnects; the numbers let a replica take each change once (see ``_scope``)."""
     wiring.over_mesh = True
-    dist.on_node_up(lambda name, peer: _on_scope(node, "mesh_connected", dist.conns[name]))
+    dist.on_node_up(lambda name, peer: _on_scope(node, "mesh_connected", name, peer))
     for tag, method in (("pg_sync", "mesh_sync"), ("pg_delta", "mesh_delta"), ("pg_hello", "mesh_hello")):
-        dist.handlers[tag] = lambda _dist, conn, frame, method=method: _on_scope(node, method, conn, frame)
-    for conn in list(dist.conns.values()):  # race: links that came up before pg was wired
-        _on_scope(node, "mesh_connected", conn)
-        if not conn.peer.hidden:
-            conn.send(("pg_hello",))  # its pg_sync may have come before our handlers: ask again
+        dist.register_frame(tag, lambda _dist, conn, frame, method=method: _on_scope(node, method, conn, frame))
+    for name in dist.nodes():  # race: links that came up before pg was wired
+        _on_scope(node, "mesh_connected", name, dist.peer(name))
+        dist.send_frame(name, ("pg_hello",))  # its pg_sync may have come before our handlers: ask again
 
 
 def _on_scope(node: Node, method: str, *args: Any) -> None:

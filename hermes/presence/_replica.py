@@ -264,12 +264,11 @@ class Presence(Actor):
         wiring.actor = self
         dist = dist_of(node)
         if dist is not None:
-            for name, conn in list(dist.conns.items()):
-                if conn.peer is not None and not conn.peer.hidden:
-                    if restarted:  # our old entries are gone; theirs we must fetch again
-                        conn.send(("pr_sync", {}))
-                        conn.send(("pr_hello",))
-                    self.replica.peers.add(name)
+            for name in dist.nodes():  # hidden nodes track nothing
+                if restarted:  # our old entries are gone; theirs we must fetch again
+                    dist.send_frame(name, ("pr_sync", {}))
+                    dist.send_frame(name, ("pr_hello",))
+                self.replica.peers.add(name)
 
     def terminate(self, reason: Any) -> None:
         self.replica.close()  # before the links close: peers drop our entries now
