@@ -470,9 +470,9 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
     poll(lambda: all(c.connected and len(c.nodes()) == 50 for c, _ in clients.values()), timeout=15.0)
     epoch = harness.connect(address).call("ping")
 
-    reference = harness.connect(address)
+    reference = [harness.connect(address)]
     started = time.monotonic()
-    history: list[tuple[float, int]] = [(started, reference.call("snapshot")[2])]
+    history: list[tuple[float, int]] = [(started, reference[0].call("snapshot")[2])]
     worst_lag: list[Any] = [0.0]
     done = threading.Event()
 
@@ -480,7 +480,11 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
         """Each client must have seen, at all times, every version the service had 1 s before."""
         while not done.is_set():
             now = time.monotonic()
-            history.append((now, reference.call("changes", epoch, history[-1][1], 0.02)[2]))
+            try:
+                history.append((now, reference[0].call("changes", epoch, history[-1][1], 0.02)[2]))
+            except ServiceUnavailable:  # a read timed out on a starved machine: a new connection, go on
+                reference[0] = harness.connect(address)
+                continue
             required = max((v for t, v in history if t <= now - 1.0), default=0)
             for client, _ in clients.values():
                 if client.statistics()["version"] < required:
@@ -508,9 +512,10 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
         worker.join(30)
     expected = {(name, 1): {f"group-{g}": [(name, 1, 0)] for g in range(1, 1000, 2)} for name in names}
     checker = harness.connect(address)
-    poll(lambda: snapshot_state(checker)[1] == expected, timeout=5.0)
+    # liveness bounds (the lag figure is the bench's): generous, for a starved CI machine
+    poll(lambda: snapshot_state(checker)[1] == expected, timeout=30.0)
     final_version = checker.call("snapshot")[2]
-    poll(lambda: all(c.statistics()["version"] >= final_version for c, _ in clients.values()), timeout=5.0)
+    poll(lambda: all(c.statistics()["version"] >= final_version for c, _ in clients.values()), timeout=30.0)
     done.set()
     watcher.join(5)
     elapsed = time.monotonic() - started
