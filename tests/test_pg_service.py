@@ -530,7 +530,6 @@ def test_fifty_nodes_churning_a_thousand_groups_never_fall_behind(harness: Harne
             assert stats["changes"] == 1500, (client.name, stats)
         else:
             assert stats["changes"] <= 1500, (client.name, stats)
-    assert sum(c.statistics()["sessions"] == 1 for c, _ in clients.values()) >= 25  # most kept their session
     # A liveness bound, not the figure: the 1 s target (~0.15 s measured) is
     # scripts/bench.py's service_churn row; a loaded CI machine must not fail here.
     assert worst_lag[0] < 5.0, f"a client fell {worst_lag[0]:.2f}s behind: {worst_lag}"
