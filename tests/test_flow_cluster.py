@@ -9,11 +9,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 import hermes
+
+from _mesh_support import make_cluster  # noqa: F401  # a fixture: clusters stopped (and SIGCONTed) at teardown
 from _cluster import poll
 
 MB = 2**20
@@ -32,25 +34,6 @@ def in_flight_bound() -> int:
             return 8 * MB
     return (kernel_max("tcp_rmem") + kernel_max("tcp_wmem") + MB) // len(PAYLOAD)
 TOPIC = "flow.blast"
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[..., hermes.LocalCluster]]:
-    started: list[hermes.LocalCluster] = []
-
-    def make(names: list[str], **options: Any) -> hermes.LocalCluster:
-        c = hermes.LocalCluster(names, log_dir=str(tmp_path / f"logs-{len(started)}"), **options)
-        started.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in started:
-            for node in list(c._nodes.values()):  # never leave a stopped process behind
-                if node.proc.poll() is None:
-                    os.kill(node.proc.pid, signal.SIGCONT)
-            c.stop()
 
 
 # -- on the nodes -----------------------------------------------------------

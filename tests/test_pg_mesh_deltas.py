@@ -31,21 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 DEADLINE = 10.0
 
 
-# -- helpers that run on the nodes (shipped by value) -------------------------------------------
-
-
-async def _forever() -> None:
-    await hermes.receive(match=lambda m: m == "stop")
-
-
-def spawn_members(n: int = 1) -> list[hermes.Pid]:
-    return [hermes.spawn(_forever) for _ in range(n)]
-
-
-def spawn_and_join(group: Any, n: int = 1) -> list[hermes.Pid]:
-    pids = spawn_members(n)
-    pg.join(group, pids)
-    return pids
+from test_pg import spawn_and_join  # noqa: E402  # shipped to the nodes by reference
 
 
 def members(group: Any) -> list[hermes.Pid]:
