@@ -354,6 +354,23 @@ def test_publishes_wait_in_a_bounded_queue_while_redis_is_unreachable(caplog):
     assert len(overflow) == 1 and "PubSub q " in overflow[0].getMessage()
 
 
+def test_an_unhashable_topic_is_refused_before_anything_is_queued():
+    from _redisserver import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: publishes would queue
+
+    async def main():
+        pubsub.start("q", url=url, max_queue=10)
+        with pytest.raises(TypeError, match="hashable"):
+            hermes.publish(["not", "hashable"], "x", pubsub="q")
+        with pytest.raises(TypeError, match="hashable"):
+            hermes.publish(["not", "hashable"], "x", pubsub="q", node="elsewhere@h")
+        return pubsub.statistics("q")
+
+    counters = run_node(main)
+    assert counters["published"] == 0 and counters["queued"] == 0  # as on the mesh: nothing left the node
+
+
 def test_redis_is_imported_only_when_a_redis_pubsub_is_used():
     code = ("import sys, hermes\n"
             "hermes.run(lambda: hermes.publish('t', 1), name='plain')\n"

@@ -124,9 +124,11 @@ class RedisServer(Adapter):
     # -- the adapter ----------------------------------------------------------
 
     def broadcast(self, topic: Any, msg: Any, exclude: Pid | None) -> None:
+        _check_topic(topic)
         self._enqueue(self.wire.payload(self.origin, None, topic, msg, exclude))
 
     def direct_broadcast(self, node: str, topic: Any, msg: Any, exclude: Pid | None) -> None:
+        _check_topic(topic)
         self._enqueue(self.wire.payload(self.origin, node, topic, msg, exclude))
 
     def _enqueue(self, payload: bytes) -> None:
@@ -379,3 +381,11 @@ def _where(url: str) -> str:
     """The URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")
     return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+def _check_topic(topic: Any) -> None:
+    """An unhashable topic fails here, as on the mesh, not on every other node."""
+    try:
+        hash(topic)
+    except TypeError:
+        raise TypeError(f"a topic must be hashable, not {type(topic).__name__}") from None
