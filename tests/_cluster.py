@@ -23,3 +23,22 @@ def poll(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
         time.sleep(interval)
+
+
+def stays(predicate: Callable[[], Any], window: float) -> bool:
+    """True if ``predicate`` holds at every check for ``window`` seconds (a non-event needs a window)."""
+    deadline = time.monotonic() + window
+    while time.monotonic() < deadline:
+        if not predicate():
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def alive(pid: int) -> bool:
+    """An OS process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -14,6 +14,8 @@ from typing import Iterator
 
 import pytest
 
+from _cluster import alive
+
 from hermes._app import full_name
 from hermes.pg.service import free_port
 
@@ -42,12 +44,6 @@ class Script:
         return {**current["pids"], "service": current["service_pid"]}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -61,7 +57,7 @@ def script(tmp_path: Path) -> Iterator[Script]:
         seen.update(run.pids().values())
         run("down")
         for pid in seen:  # even if the script failed: leave nothing behind
-            if pid and _alive(pid):
+            if pid and alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -95,7 +91,7 @@ def test_up_status_add_restart_crash_down(script: Script) -> None:
     result = script("restart", "bob")
     assert result.returncode == 0, result.stderr
     new_bob = script.pids()[bob]
-    assert new_bob != old_bob and not _alive(old_bob) and _alive(new_bob)
+    assert new_bob != old_bob and not alive(old_bob) and alive(new_bob)
 
     os.kill(pids[carol], signal.SIGKILL)
     pids = script.pids()
@@ -105,5 +101,5 @@ def test_up_status_add_restart_crash_down(script: Script) -> None:
 
     result = script("down")
     assert result.stdout == "cluster down: 4 process(es) stopped, 1 already gone\n"  # 3 nodes + the service
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in pids.values())
     assert script("status").stdout.startswith("no nodes: the cluster is down")

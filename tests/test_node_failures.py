@@ -27,7 +27,7 @@ from hermes._app import full_name
 from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import lowlevel
 
-from _cluster import poll
+from _cluster import alive, poll
 from conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
@@ -154,12 +154,6 @@ os.kill(os.getpid(), signal.SIGKILL)  # a crash: no stop(), no atexit
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 @pytest.mark.timeout(60)
@@ -171,10 +165,10 @@ def test_nodes_and_service_die_with_a_killed_driver(tmp_path):
     pids = [int(p) for p in driver.stdout.split()]
     assert len(pids) == 3
     try:
-        poll(lambda: not any(_alive(pid) for pid in pids), timeout=15)
+        poll(lambda: not any(alive(pid) for pid in pids), timeout=15)
     finally:
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 _signal(pid, signal.SIGKILL)
 
 

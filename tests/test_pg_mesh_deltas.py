@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import pytest
 
 import hermes
-from _cluster import poll
+from _cluster import poll, stays
 from hermes import pg
 from hermes.pg._directory import Directory
 from hermes.pg._wire import ServiceConnection
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 DEADLINE = 10.0
 
 
-from test_pg import spawn_and_join  # noqa: E402  # shipped to the nodes by reference
+from test_pg import converge, on, spawn_and_join  # noqa: E402  # on the nodes by reference
 
 
 def members(group: Any) -> list[hermes.Pid]:
@@ -102,24 +101,8 @@ async def event_log(name: str) -> Any:
 # -- helpers for the driver ------------------------------------------------------------------
 
 
-def on(c: hermes.LocalCluster, node: str, fn: Callable[..., Any], *args: Any) -> Any:
-    return c.rpc(node, lambda *a: fn(*a), *args)
 
 
-def converge(c: hermes.LocalCluster, nodes: list[str], fn: Callable[..., Any], *args: Any,
-             expect: Any, timeout: float = DEADLINE) -> None:
-    for node in nodes:
-        poll(lambda: on(c, node, fn, *args) == expect, timeout=timeout)
-
-
-def stays(predicate: Callable[[], bool], window: float) -> bool:
-    """``predicate`` holds at every check for ``window`` seconds."""
-    end = time.monotonic() + window
-    while time.monotonic() < end:
-        if not predicate():
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def service_version(c: hermes.LocalCluster) -> int:

@@ -26,19 +26,11 @@ from hermes.pg._service import (
     DirectoryManager, ServiceConnection, ServiceUnavailable, free_port, ping_service, start_service_process,
 )
 
-from _cluster import poll
+from _cluster import poll, stays
 
 HOST = "127.0.0.1"
 
 
-def stays(predicate: Callable[[], Any], window: float) -> bool:
-    """True if ``predicate`` holds throughout ``window`` seconds (checking a non-event needs a window)."""
-    deadline = time.monotonic() + window
-    while time.monotonic() < deadline:
-        if not predicate():
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def normalize(buckets: dict[Any, dict[Any, list[Any]]]) -> dict[Any, dict[Any, list[Any]]]:

@@ -28,6 +28,7 @@ from hermes.pubsub._redis_wire import Wire  # the wire format, to forge a payloa
 
 from _cluster import poll
 from _redisserver import BINARY, MISSING, RedisServer, redis_server, started_redis  # noqa: F401  # a fixture
+from test_pg import collected, start_collector  # noqa: E402  # shipped to the nodes by reference
 
 if BINARY is None:  # one line for the whole module (test_pubsub then runs its suite on the mesh only)
     pytest.skip(MISSING, allow_module_level=True)
@@ -207,27 +208,8 @@ def test_a_payload_signed_with_another_cookie_reaches_nobody(islands, redis_serv
 # -- Redis going away -------------------------------------------------------------------
 
 
-class Listener(hermes.Actor):
-    """Subscribes to ``topic``; records messages and ``Reconnected`` notices."""
-
-    def __init__(self, name: str, topic: str) -> None:
-        hermes.register(name)
-        hermes.subscribe(topic)
-        self.got: list[Any] = []
-
-    def handle_info(self, msg: Any) -> None:
-        self.got.append(msg)
-
-    def handle_call(self, request: Any, sender: Any) -> Any:
-        return list(self.got)
-
-
-def start_listener(name: str, topic: str) -> None:
-    hermes.spawn(Listener, name, topic)
-
-
-async def listened(name: str) -> list[Any]:
-    return await hermes.call(name, "got")  # type: ignore[no-any-return]
+# a subscribed actor that records messages and ``Reconnected`` notices (test_pg's Collector)
+start_listener, listened = start_collector, collected
 
 
 async def publish_for(topic: str, seconds: float) -> int:

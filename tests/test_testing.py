@@ -8,18 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from _cluster import alive
+
 import hermes
 
 def test_the_plugin_is_registered_by_the_entry_point(pytestconfig: pytest.Config) -> None:
     assert pytestconfig.pluginmanager.has_plugin("hermes")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.timeout(120)
@@ -42,7 +38,7 @@ def test_hermes_cluster_starts_a_cluster_and_a_failure_attaches_the_node_logs(tm
     assert "fail on purpose" in out
     assert "hermes log a@" in out and "hermes log service.log" in out, out[-3000:]
     pids = [int(p) for p in out.split("PIDS", 1)[1].split("\n", 1)[0].split()]
-    assert len(pids) == 3 and not any(_alive(pid) for pid in pids)  # torn down after the test
+    assert len(pids) == 3 and not any(alive(pid) for pid in pids)  # torn down after the test
 
 
 @pytest.fixture
