@@ -13,17 +13,10 @@ fixture, also when a test fails, and the fixture checks no process outlived it.
 """
 
 import asyncio
-import operator
 import os
-import pickle
 import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
-import types
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,11 +25,9 @@ import pytest
 
 import hermes
 from hermes._app import full_name
-from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
 from hermes.runtime import lowlevel
 
 from _cluster import poll
-from conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 HEADER = struct.Struct(">I")

@@ -4,36 +4,26 @@ oversized frames; the node under attack keeps serving its other links.
 Fixtures and the actors shipped to the nodes live in ``_mesh_support``.
 """
 
-import asyncio
-import operator
 import os
 import pickle
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
-import types
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 import hermes
-from hermes._app import full_name
 from hermes.transport._handshake import MAGIC, Handshake, PeerInfo
-from hermes.runtime import lowlevel
 
-from _cluster import poll
 from conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 HEADER = struct.Struct(">I")
 
-from _mesh_support import (_processes, _stop_and_check, cluster, make_cluster, _signal, HERE_NAME, run_here, on, _dist, learn, own_address, learn_and_connect, connection_ends, relay, sleeper, exits_with, expect, is_tagged, Counter, Watcher, linked_to_remote, blocked_caller, blocked_caller_by_name, watcher_events, start_watcher, HERE, HEADER, _lacks, Unpicklable)  # noqa: F401
+# `cluster` (and `make_cluster`) are pytest fixtures, imported so that the tests can ask for them by name
+from _mesh_support import cluster, run_here, on, _dist, learn, expect, HEADER, _lacks
 
 
 # -- hostile and broken peers ------------------------------------------------------------
