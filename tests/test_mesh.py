@@ -12,6 +12,7 @@ import pytest
 
 import hermes
 from hermes._app import full_name
+from hermes.runtime import lowlevel
 
 from _cluster import poll
 from conftest import wait_until
@@ -21,7 +22,7 @@ HEADER = struct.Struct(">I")
 
 # `cluster` (and `make_cluster`) are pytest fixtures, imported so that the tests can ask for them by name
 from _mesh_support import (cluster, make_cluster, HERE_NAME, run_here, on, learn, own_address,
-    learn_and_connect, connection_ends, expect, _lacks)
+    learn_and_connect, connection_ends, expect, _lacks, _dist)
 
 
 # -- mesh ---------------------------------------------------------------------------------
@@ -78,8 +79,18 @@ def _established_to(ports: set[int]) -> int:
     return count
 
 
-@pytest.mark.timeout(60)
-def test_simultaneous_connect_ends_with_one_connection(make_cluster):
+async def _connect_by_address(address: tuple[str, int]) -> bool:
+    return await _dist().connect_address(tuple(address))  # as static peers are dialled: no name yet
+
+
+def _node_downs() -> list[str]:
+    """NodeDown messages in this process's mailbox (it called ``monitor_nodes``)."""
+    return [msg.node for msg in lowlevel.current_process().mailbox if isinstance(msg, hermes.NodeDown)]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("by", ["name", "address"])
+def test_simultaneous_connect_ends_with_one_connection(make_cluster, by):
     c = make_cluster(["solo"])  # alone: no mesh around it to reconnect behind the test's back
     (peer,) = c.nodes
     peer_address = c.address(peer)
@@ -88,22 +99,29 @@ def test_simultaneous_connect_ends_with_one_connection(make_cluster):
         me, mine = hermes.node(), own_address()
         ports = {mine[1], peer_address[1]}
         learn(peer, peer_address)
+        hermes.monitor_nodes()
         outcomes = []
         for _ in range(10):
-            ours, theirs = await asyncio.gather(hermes.connect(peer), on(c, peer, learn_and_connect, me, mine))
+            if by == "name":
+                both = hermes.connect(peer), on(c, peer, learn_and_connect, me, mine)
+            else:
+                both = _connect_by_address(peer_address), on(c, peer, _connect_by_address, mine)
+            ours, theirs = await asyncio.gather(*both)
             await wait_until(lambda: _established_to(ports) == 1)  # the loser's socket is gone
             here = connection_ends(peer)
             there = await on(c, peer, connection_ends, me)
-            outcomes.append((ours, theirs, here, there))
+            outcomes.append((ours, theirs, here, there, _node_downs()))
             assert hermes.disconnect(peer) is True  # start the next round unconnected
             await wait_until(lambda: on(c, peer, _lacks, me))
             await wait_until(lambda: _established_to(ports) == 0)
+            await hermes.receive(lambda m: isinstance(m, hermes.NodeDown), timeout=10)  # the disconnect's own
         return outcomes
 
-    for ours, theirs, here, there in run_here(c, main):
+    for ours, theirs, here, there, downs in run_here(c, main):
         assert ours is True and theirs is True
         assert here is not None and there is not None
         assert here == (there[1], there[0])  # both ends of the same socket
+        assert downs == []  # no flap: the loser was never up, or went down unseen
 
 
 @pytest.mark.timeout(60)

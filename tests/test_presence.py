@@ -597,8 +597,12 @@ def test_a_real_cut_of_a_test_host_and_heal(tmp_path):
             return seen.get("joins", {}).get("b", 0), seen.get("leaves", {}).get("b", 0)
 
         for name in ("a", "c"):  # joined, left at the cut, joined again: no more, no less
-            poll(lambda: diffs_of_b(name) == (2 * n, n), timeout=30)
-            assert diffs_of_b(name) == (2 * n, n)
+            try:
+                poll(lambda: diffs_of_b(name) == (2 * n, n), timeout=30)
+            except AssertionError:
+                logs = "".join((tmp_path / f"{x}.log").read_text()[-2000:] for x in names)
+                raise AssertionError(f"{name} saw b's (joins, leaves) = {diffs_of_b(name)}, not {(2 * n, n)}; "
+                                     f"states {[state(x) for x in names]}; logs:\n{logs}") from None
     finally:
         for proc in procs:
             try:

@@ -84,6 +84,12 @@ class Connecting:
         self.failures[key] = reason
         log.log(level, "cannot connect to %s: %s", key, reason)
 
+    def _connecting_to(self, peer: Any) -> bool:
+        """Whether an attempt of ours to ``peer`` is under way, by name or by address
+        (a static peer is dialled by address: its name is not known before the handshake)."""
+        host, port = peer.address
+        return peer.name in self.pending or f"{host}:{port}" in self.pending
+
     def _connected_to(self, address: tuple[str, int]) -> bool:
         return any(c.peer is not None and tuple(c.peer.address) == tuple(address) for c in self.conns.values())
 

@@ -282,7 +282,7 @@ class Distribution(Connecting, Backpressure):
                 existing.close("replaced by a new incarnation")  # the peer restarted
                 return True
             return False
-        if peer.name in self.pending and self.node.name > peer.name:
+        if self.node.name > peer.name and self._connecting_to(peer):
             return False  # simultaneous connect: ours (from the greater name) wins
         return True
 
@@ -291,6 +291,9 @@ class Distribution(Connecting, Backpressure):
         peer = conn.peer
         old = self.conns.get(peer.name)
         if old is not None and old is not conn:
+            if old.peer.creation == peer.creation and _initiator(old) > _initiator(conn):
+                conn.close("duplicate")  # both sides keep the one the greater name started
+                return
             old.close("duplicate")
         self.conns[peer.name] = conn
         self.addresses[peer.name] = tuple(peer.address)  # type: ignore[assignment]
@@ -325,6 +328,11 @@ class Distribution(Connecting, Backpressure):
             log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
             return
         handler(self, conn, frame)
+
+
+def _initiator(conn: Connection) -> str:
+    """The name of the node that opened ``conn``."""
+    return conn.local.name if conn.role == "connect" else conn.peer.name
 
 
 def of(node: Node) -> Distribution | None:
