@@ -33,7 +33,8 @@ from typing import Any
 
 import hermes
 
-from ._app import full_name, run_async
+from ._app import full_name, run_async, run_on_loop
+from ._config import NodeConfig
 from . import mesh
 from .runtime import lowlevel
 from .runtime.lowlevel import current
@@ -192,10 +193,13 @@ def run_shell(*, name: str | None, remote: str | None = None, cluster: str | Non
         started_node.set_result(node)
         await asyncio.Event().wait()
 
+    # checked here, before the thread: a bad option is one line, and option ``loop`` is honoured
+    config = NodeConfig.build(name=node_name, cluster=cluster or ("local" if hidden else None), hidden=hidden,
+                              **options)
+
     def node_thread() -> None:
         try:
-            asyncio.run(run_async(main, name=node_name, cluster=cluster or ("local" if hidden else None),
-                                  hidden=hidden, **options))
+            run_on_loop(run_async(main, config=config), config.loop)
         except BaseException as exc:  # report start failures to the console thread
             if not started.done():
                 started.set_exception(exc)

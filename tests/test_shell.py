@@ -195,3 +195,22 @@ def test_a_shell_joins_a_static_peers_cluster_with_peers(env: dict[str, str]) ->
     finally:
         node.kill()
         node.wait(10)
+
+
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+def test_the_shell_runs_on_the_loop_option_loop_names(env: dict[str, str], choice: str) -> None:
+    if choice == "uvloop":
+        pytest.importorskip("uvloop")
+    lines = ["import asyncio", "type(asyncio.get_running_loop()).__module__.split('.')[0]"]
+    result = subprocess.run([sys.executable, "-m", "hermes", "shell", "--name", f"loop-{choice}", "--loop", choice],
+                            input="\n".join(lines) + "\n", env=env, capture_output=True, text=True, timeout=90,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert repr(choice) in result.stdout, result.stdout + result.stderr
+
+
+def test_a_misspelt_shell_option_is_one_line_before_the_node_starts(env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "hermes", "shell", "--name", "loop-bad", "--loop", "trio"],
+                            input="", env=env, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert result.returncode != 0
+    assert "loop" in result.stderr and "Traceback" not in result.stderr, result.stderr
