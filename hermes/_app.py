@@ -64,7 +64,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             return None
         raise HermesError("option loop='uvloop' needs uvloop: pip install 'hermes-actors[uvloop]' "
                           "(or use loop='auto')") from exc
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def run_on_loop(coro: Any, choice: str) -> Any:

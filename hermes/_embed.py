@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Coroutine, Generator
 
 from ._app import close_node, open_node
 from ._config import NodeConfig
@@ -74,7 +74,7 @@ class Node:
         if inspect.iscoroutine(fn_or_coro):
             if args:
                 raise TypeError("submit(coroutine) takes no arguments; pass the function and its arguments")
-            coro = fn_or_coro
+            coro: Coroutine[Any, Any, Any] = fn_or_coro
         elif callable(fn_or_coro):
             coro = _call(fn_or_coro, args)
         else:

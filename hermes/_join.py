@@ -75,7 +75,7 @@ async def first_round(node: Node, timeout: float) -> None:
     if not names and not peers:
         return
     attempts = [loop.create_task(dist.connect(name)) for name in names]
-    attempts += [loop.create_task(dist.connect_address(tuple(address))) for address in peers]
+    attempts += [loop.create_task(dist.connect_address((str(address[0]), int(address[1])))) for address in peers]
     done, pending = await asyncio.wait(attempts, timeout=max(0.0, deadline - loop.time()))
     for task in pending:
         task.cancel()

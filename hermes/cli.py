@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import traceback
 from typing import Any
@@ -54,7 +53,7 @@ def node_options(args: argparse.Namespace) -> dict[str, Any]:
     if any(tls_parts):
         if not all(tls_parts):
             raise SystemExit("hermes: --tls-cert, --tls-key and --tls-ca go together")
-        options["tls"] = TLSConfig(*tls_parts)  # type: ignore[arg-type]
+        options["tls"] = TLSConfig(*tls_parts)
     else:
         tls = TLSConfig.from_env()
         if tls is not None:
@@ -154,7 +153,7 @@ def _main(args: argparse.Namespace) -> None:
             serve(args.host, args.port, cookie=cookie.value, lease_ttl=args.lease_ttl, idle_exit=args.idle_exit,
                   tls=TLSConfig.from_env(), **extra)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot serve on {args.host}:{args.port}: {os.strerror(exc.errno).lower()}: choose "
+            raise OSError(exc.errno, f"cannot serve on {args.host}:{args.port}: {(exc.strerror or str(exc)).lower()}: choose "
                           "another --port or stop the process that holds it") from exc
     elif args.command == "node":
         from .cluster import run_node

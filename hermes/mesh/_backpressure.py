@@ -77,10 +77,11 @@ async def drain(node: str | None = None, *, timeout: float | None = None) -> Non
     ``TimeoutError`` after ``timeout`` seconds. Returns at once for an unknown or
     unconnected node, or on a node without distribution."""
     from ..runtime.lowlevel import current_node
+    from ._manager import of
 
     if node is not None and not isinstance(node, str):
         raise TypeError(f"drain(node=) takes a node name or None, not {type(node).__name__}")
-    dist = current_node().dist
+    dist = of(current_node())
     if dist is None:
         return
     if timeout is None:
@@ -94,9 +95,10 @@ def statistics() -> dict[str, Any]:
     the deepest mailboxes and dropped counts) plus ``"links"``, per peer: the
     bytes queued on the link and whether it is paused either way."""
     from ..runtime.lowlevel import current_node
+    from ._manager import of
 
     node = current_node()
     stats = node.statistics()
-    dist = node.dist
+    dist = of(node)
     stats["links"] = dist.link_statistics() if dist is not None else {}
     return stats

@@ -12,15 +12,28 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from .._errors import HandshakeError, HermesError
-from ..transport import PeerRefusedError, open_connection
+from ..transport import ConnectionDelegate, PeerInfo, PeerRefusedError, open_connection
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("hermes.mesh")
 
 
 class Connecting:
+    # the host's (``Distribution``'s) attributes this mixin uses
+    node: Any
+    local: PeerInfo
+    cookie: bytes
+    hidden: bool
+    connect_timeout: float
+    tick_interval: float
+    max_frame: int
+    client_ssl: ssl.SSLContext | None
+    resolvers: list[Callable[[str], tuple[str, int] | None]]
     conns: dict[str, Any]
     pending: dict[str, asyncio.Future[bool]]
     addresses: dict[str, tuple[str, int]]
@@ -63,7 +76,7 @@ class Connecting:
 
     async def _open(self, address: tuple[str, int], expect: str | None) -> bool:
         try:
-            conn = await open_connection(self, address[0], address[1], local=self.local, cookie=self.cookie,
+            conn = await open_connection(cast(ConnectionDelegate, self), address[0], address[1], local=self.local, cookie=self.cookie,
                                          timeout=self.connect_timeout, tick_interval=self.tick_interval,
                                          max_frame=self.max_frame, ssl=self.client_ssl)
         except PeerRefusedError:

@@ -31,6 +31,7 @@ broadcast, nothing of pg: presence works with or without the pg service.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 from typing import Any
 
@@ -205,7 +206,7 @@ class Replica:
         changes.join_all(table)
         changes.publish(self.broadcast)
 
-    def apply_delta(self, name: str, creation: int, ops: list[tuple[Any, ...]]) -> None:
+    def apply_delta(self, name: str, creation: int, ops: builtins.list[tuple[Any, ...]]) -> None:
         table = self.remote.get(name)
         if table is None or table.creation != creation:
             return  # before its sync (we restarted and asked again): the sync has it all
