@@ -64,43 +64,48 @@ class Table:
             keys[key] = [found, (pid_id, meta)]
         return True
 
-    def remove(self, topic: Any, key: Any, pid_id: int) -> Any:
-        """Remove that pid's entry; its meta, or ``MISSING``."""
+    def _locate(self, topic: Any, key: Any, pid_id: int) -> tuple[dict[Any, Any], Any, int] | None:
+        """Where that pid's entry of ``key`` is: ``(keys, found, i)``, ``i`` its index
+        in the list of entries, or -1 when it is the key's only entry; ``None`` if absent."""
         keys = self.topics.get(topic)
         found = keys.get(key) if keys is not None else None
         if found is None:
-            return MISSING
+            return None
         if type(found) is list:
             for i, entry in enumerate(found):
                 if entry[0] == pid_id:
-                    del found[i]
-                    if len(found) == 1:
-                        keys[key] = found[0]  # type: ignore[index]
-                    return entry[1]
+                    return keys, found, i  # type: ignore[return-value]
+            return None
+        return (keys, found, -1) if found[0] == pid_id else None  # type: ignore[return-value]
+
+    def remove(self, topic: Any, key: Any, pid_id: int) -> Any:
+        """Remove that pid's entry; its meta, or ``MISSING``."""
+        where = self._locate(topic, key, pid_id)
+        if where is None:
             return MISSING
-        if found[0] != pid_id:
-            return MISSING
-        del keys[key]  # type: ignore[union-attr]
-        if not keys:
-            del self.topics[topic]
-        return found[1]
+        keys, found, i = where
+        if i < 0:
+            del keys[key]
+            if not keys:
+                del self.topics[topic]
+            return found[1]
+        meta = found.pop(i)[1]
+        if len(found) == 1:
+            keys[key] = found[0]  # a lone entry again
+        return meta
 
     def replace(self, topic: Any, key: Any, pid_id: int, meta: Any) -> Any:
         """Give that pid's entry a new meta; the old one, or ``MISSING``."""
-        keys = self.topics.get(topic)
-        found = keys.get(key) if keys is not None else None
-        if found is None:
+        where = self._locate(topic, key, pid_id)
+        if where is None:
             return MISSING
-        if type(found) is list:
-            for i, entry in enumerate(found):
-                if entry[0] == pid_id:
-                    found[i] = (pid_id, meta)
-                    return entry[1]
-            return MISSING
-        if found[0] != pid_id:
-            return MISSING
-        keys[key] = (pid_id, meta)  # type: ignore[index]
-        return found[1]
+        keys, found, i = where
+        if i < 0:
+            keys[key] = (pid_id, meta)
+            return found[1]
+        old = found[i][1]
+        found[i] = (pid_id, meta)
+        return old
 
     def metas_into(self, topic: Any, out: dict[Any, list[Any]]) -> None:
         """Add this table's metas of ``topic`` to ``out`` (key -> [meta])."""
