@@ -82,6 +82,7 @@ class Distribution(Connecting, Backpressure):
         self._stalled_at = float("-inf")
         self._heartbeat = node.loop.call_later(STALL / 2, self._check_stall)
         self._frames_seen: dict[Connection, int] = {}  # frames_in at the last backlog scan
+        self._paused_links: set[Connection] = set()  # links whose reading the backlog scan paused
         node.backlog_listeners.append(self._backlog)
 
     def _check_stall(self) -> None:
