@@ -155,7 +155,10 @@ class LocalCluster:
         """Node processes are forked from a zygote that imported Hermes once
         (``_zygote``), where the platform allows; else each is spawned."""
         if _zygote.available():
-            self._zygote = _zygote.Zygote(self._node_env(), self.log_dir / "zygote.log")
+            try:
+                self._zygote = _zygote.Zygote(self._node_env(), self.log_dir / "zygote.log")
+            except OSError as exc:
+                log.warning("no zygote (%s): node processes are spawned", exc)
 
     def _launch(self, full: str) -> _NodeProcess:
         """Start node ``full``'s process (not waiting for it)."""

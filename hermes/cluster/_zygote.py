@@ -251,7 +251,11 @@ def _fork_node(sock: socket.socket, argv: list[str], env: dict[str, str], log_pa
         pid = os.fork()
         if pid == 0:
             _child(sock, argv, env, log_path, fds, old_mask)   # never returns
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)   # the driver will spawn this node: no twin may live
+            raise
         _send(sock, ("forked", pid), (pidfd,))
         os.close(pidfd)
     finally:
