@@ -150,6 +150,8 @@ ROWS = [
         "< 10 s", lambda h, b: h < 10.0, 240),
     Row("idle_cpu", 15, "scale", "N idle nodes + service, CPU over 10 s", "%", "N idle asyncio processes",
         "< 20 % of one core", lambda h, b: h < 20.0, 240),
+    Row("pg_join", 15, "trio", "pg.join on 1 node, 2 nodes + service replicating", "rate",
+        "pg.join on a node with no peer (+ service)", ">= 0.7x", lambda h, b: _ratio(h, b) >= 0.7, 180),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -1271,7 +1273,7 @@ def trio_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
         return min(h) / 1e6, min(base) / 1e6, "100 members; from SIGKILL to the last node's leave event"
 
     return {"join_visible": join_visible, "get_members": get_members, "fanout": fanout,
-            "killed_members": killed_members, **presence_rows(c, settings)}
+            "killed_members": killed_members, **presence_rows(c, settings), **pg_join_rows(c, settings)}
 
 
 async def local_broadcast_rate(topic: Any, count: int, deliveries: int, chunk: int = 50) -> float:
@@ -1804,6 +1806,51 @@ class RowTimeout(Exception):
 
 
 _PIDFILE: str | None = None
+
+
+# ===========================================================================
+# pg join throughput (issue 15), on the trio fixture
+# ===========================================================================
+
+async def pg_wait_no_group(prefix: str, timeout: float = 60.0) -> bool:
+    """Until no group named ``prefix...`` has a member here (the rpc actors' joins left)."""
+    deadline = time.monotonic() + timeout
+    while any(isinstance(g, str) and g.startswith(prefix) for g in pg.which_groups()):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def pg_join_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any]]:
+    a = c.nodes[0]
+
+    def pg_join() -> Any:
+        n = settings.n(100_000, 30_000)
+        solo = LocalCluster(["pgsolo"], startup_timeout=60)
+        record_cluster(solo)
+        try:
+            def settled(cluster: LocalCluster) -> None:
+                for name in cluster.nodes:  # the joins left with the rpc's actor, everywhere
+                    if not cluster.rpc(name, pg_wait_no_group, "bench.pg.", timeout=70):
+                        raise RuntimeError(f"{name} still lists the benchmark's groups")
+
+            def replicated() -> float:
+                rate = c.rpc(a, pg_join_rate, n, timeout=60)
+                settled(c)
+                return rate
+
+            def alone() -> float:
+                rate = solo.rpc("pgsolo", pg_join_rate, n, timeout=60)
+                settled(solo)
+                return rate
+
+            h, base = interleaved(settings.reps, replicated, alone, True)
+        finally:
+            solo.stop()
+        return h, base, f"{n:,} joins by one actor over 100 groups, yielding every {SEND_CHUNK}"
+
+    return {"pg_join": pg_join}
 
 
 # ===========================================================================

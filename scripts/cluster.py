@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import hermes  # noqa: E402
 from hermes._app import full_name  # noqa: E402
+from hermes.cluster._zygote import Zygote, ZygoteUnavailable, available as zygote_available  # noqa: E402
 from hermes.pg.service import DEFAULT_PORT, ping_service, start_service_process  # noqa: E402
 from hermes.transport import resolve_cookie  # noqa: E402
 
@@ -108,19 +109,39 @@ def up(state: Path, names: list[str], host: str, port: int, timeout: float) -> i
         service = start_service_process(host, port, cookie, detached=True, log_path=state / "logs" / "service.log")
         current["service_pid"] = service.pid
     wanted = [full_name(n) for n in names]
+    starting = [full for full in wanted if not _alive(current["pids"].get(full))]
     for full in wanted:
-        if _alive(current["pids"].get(full)):
+        if full not in starting:
             print(f"{full} is already running")
-        else:
-            current["pids"][full] = _start_node(state, full, host, port)
+    # several nodes: forked from one process that imports Hermes once (see hermes.cluster._zygote)
+    zygote = Zygote(_node_env(), state / "logs" / "zygote.log") if len(starting) > 1 and zygote_available() else None
+    try:
+        for full in starting:
+            current["pids"][full] = _start_node(state, full, host, port, zygote)
+    finally:
+        if zygote is not None:
+            zygote.close()  # the zygote exits; the nodes it forked run on, detached
     _save(state, current)
     return _wait_whole(state, current, timeout)
 
 
-def _start_node(state: Path, full: str, host: str, port: int) -> int:
+def _node_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
+def _start_node(state: Path, full: str, host: str, port: int, zygote: Zygote | None = None) -> int:
     """Start one node process, detached; returns at once (nodes start side by side)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    with open(state / "logs" / f"{full.split('@')[0]}.log", "ab") as out:
+    env = _node_env()
+    log_path = state / "logs" / f"{full.split('@')[0]}.log"
+    if zygote is not None:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            return zygote.fork(["node", "--name", full, "--cluster", f"{host}:{port}"], env, log_path, (devnull,)).pid
+        except ZygoteUnavailable:
+            pass  # spawned below
+        finally:
+            os.close(devnull)
+    with open(log_path, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hermes", "node", "--name", full, "--cluster", f"{host}:{port}"],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -31,7 +31,7 @@ from .._config import NodeConfig
 from .._errors import HermesError
 from ..transport import dumps, loads
 from ..pg.service import free_port, start_service_process
-from . import _control
+from . import _control, _zygote
 
 log = logging.getLogger("hermes.cluster")
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -47,7 +47,8 @@ def driver_sys_path() -> list[str]:
 
 
 class _NodeProcess:
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], answers: int, log_path: Path) -> None:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes] | _zygote.ForkedProcess, answers: int,
+                 log_path: Path) -> None:
         self.name = name
         self.proc = proc
         self.answers = answers
@@ -79,8 +80,10 @@ class LocalCluster:
         self._nodes: dict[str, _NodeProcess] = {}
         self._order = [full_name(n) for n in names]
         self._stopped = False
+        self._zygote: _zygote.Zygote | None = None
         atexit.register(self.stop)
         try:
+            self._start_zygote()   # it imports Hermes while the service starts
             self.start_service()
             # all processes at once, then their "ready" frames: start-up (interpreter,
             # imports, connections) overlaps instead of adding up node by node
@@ -143,23 +146,58 @@ class LocalCluster:
         path = self.log_dir / f"{full_name(name)}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def _node_env(self) -> dict[str, str]:
+        env = {**os.environ, "HERMES_COOKIE": self.cookie, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        return env
+
+    def _start_zygote(self) -> None:
+        """Node processes are forked from a zygote that imported Hermes once
+        (``_zygote``), where the platform allows; else each is spawned."""
+        if _zygote.available():
+            try:
+                self._zygote = _zygote.Zygote(self._node_env(), self.log_dir / "zygote.log")
+            except OSError as exc:
+                log.warning("no zygote (%s): node processes are spawned", exc)
+
     def _launch(self, full: str) -> _NodeProcess:
         """Start node ``full``'s process (not waiting for it)."""
         log_path = self.log_dir / f"{full}.log"
         answers_r, answers_w = os.pipe()
-        env = {**os.environ, "HERMES_COOKIE": self.cookie, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-        env[SYS_PATH_ENV] = json.dumps(driver_sys_path())
-        args = [sys.executable, "-m", "hermes", "node", "--name", full,
-                "--cluster", f"{self.service_address[0]}:{self.service_address[1]}",
-                "--control-fd", str(answers_w), *node_flags(self.config)]
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                    pass_fds=(answers_w,), start_new_session=True)
-        os.close(answers_w)
+        env = self._node_env()
+        args = ["node", "--name", full, "--cluster", f"{self.service_address[0]}:{self.service_address[1]}",
+                *node_flags(self.config)]
+        try:
+            proc = self._fork(args, env, log_path, answers_w)
+        except _zygote.ZygoteUnavailable as exc:
+            log.debug("spawning node %s: %s", full, exc)
+            env[SYS_PATH_ENV] = json.dumps(driver_sys_path())
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "hermes", *args, "--control-fd", str(answers_w)],
+                                        env=env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                        pass_fds=(answers_w,), start_new_session=True)
+        finally:
+            os.close(answers_w)
         node = _NodeProcess(full, proc, answers_r, log_path)
         self._nodes[full] = node
         return node
+
+    def _fork(self, args: list[str], env: dict[str, str], log_path: Path, answers_w: int) -> _zygote.ForkedProcess:
+        """Fork the node from the zygote; ``ZygoteUnavailable`` if there is none, it
+        failed, or the environment changed since it started (it imported with that one)."""
+        if self._zygote is None or self._zygote.env != env:
+            raise _zygote.ZygoteUnavailable("no zygote with this environment")
+        stdin_r, stdin_w = os.pipe()
+        try:
+            proc = self._zygote.fork(args, {**env, SYS_PATH_ENV: json.dumps(driver_sys_path())}, log_path,
+                                     (stdin_r, answers_w))
+        except BaseException:
+            os.close(stdin_w)
+            raise
+        finally:
+            os.close(stdin_r)
+        proc.stdin = os.fdopen(stdin_w, "wb")
+        return proc
 
     def _await_ready(self, node: _NodeProcess, deadline: float) -> None:
         try:
@@ -242,10 +280,13 @@ class LocalCluster:
                 _kill(node.proc)
             os.close(node.answers)
         self._nodes.clear()
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
         self.kill_service()
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def _kill(proc: subprocess.Popen[bytes] | _zygote.ForkedProcess) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

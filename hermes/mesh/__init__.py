@@ -19,5 +19,7 @@ from .._config import parse_address
 from ._backpressure import drain, statistics
 from ._manager import Distribution, of, portable_reason
 from ._start import is_loopback, start
+from ..transport import aligned_delay  # periodic work of the layers, woken with the ticks
 
 __all__ = ["Distribution", "drain", "is_loopback", "of", "parse_address", "portable_reason", "start", "statistics"]
+__all__ += ["aligned_delay"]

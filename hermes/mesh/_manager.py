@@ -34,7 +34,8 @@ from .._config import TLSConfig
 from .._errors import RemoteError, SerializationError
 from ..runtime import NodeDown, NodeUp, Pid, Ref
 from ..runtime.lowlevel import Node
-from ..transport import Connection, PeerInfo, client_context, dumps, server_context, start_listener
+from ..transport import (Connection, PeerInfo, aligned_delay, client_context, dumps, server_context,
+                         start_listener)
 from ._backpressure import Backpressure
 from ._connecting import Connecting
 from ._frames import HANDLERS, unsendable_reply
@@ -80,8 +81,9 @@ class Distribution(Connecting, Backpressure):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beat = node.loop.time()
         self._stalled_at = float("-inf")
-        self._heartbeat = node.loop.call_later(STALL / 2, self._check_stall)
+        self._heartbeat = node.loop.call_later(aligned_delay(STALL / 2), self._check_stall)
         self._frames_seen: dict[Connection, int] = {}  # frames_in at the last backlog scan
+        self._paused_links: set[Connection] = set()  # links whose reading the backlog scan paused
         node.backlog_listeners.append(self._backlog)
 
     def _check_stall(self) -> None:
@@ -89,7 +91,7 @@ class Distribution(Connecting, Backpressure):
         if now - self._beat > STALL:
             self._stalled_at = now
         self._beat = now
-        self._heartbeat = self.node.loop.call_later(STALL / 2, self._check_stall)
+        self._heartbeat = self.node.loop.call_later(aligned_delay(STALL / 2), self._check_stall)
 
     def _recently_stalled(self) -> bool:
         now = self.node.loop.time()

@@ -23,6 +23,12 @@ Rules:
   memberships, seq)`` event, the whole bucket), and ``changes(..., seqs=True)``
   snapshots carry ``{(name, creation): seq}`` as a sixth element: replicas
   that also hear the node on the mesh match the two by number.
+- *Packed runs* (``changes(..., seqs=True)`` answers only): consecutive
+  numbered joins/leaves of one node are served as one ``("changes", name,
+  creation, first_seq, last_seq, body)``, ``body`` the pickle of their
+  ``[(kind, group, members, seq), ...]``. A replica that already applied
+  ``last_seq`` from the mesh (the usual case: the mesh is one hop) skips the
+  run without decoding a member. Packed after the lock is released.
 
 What it must not know: sockets, ``multiprocessing.managers`` (``_service``
 serves it), pids, actors, asyncio, the mesh. Node names, groups and members
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import pickle
 import secrets
 import threading
 import time
@@ -173,8 +180,14 @@ class Directory:
 
     # -- reads and the feed ----------------------------------------------------------------
 
-    @_locked
     def changes(self, epoch: str | None, since: int, timeout: float, seqs: bool = False) -> tuple[Any, ...]:
+        answer = self._changes(epoch, since, timeout, seqs)
+        if seqs and answer[0] == "events" and answer[3]:
+            return (*answer[:3], _pack_runs(answer[3]))
+        return answer
+
+    @_locked
+    def _changes(self, epoch: str | None, since: int, timeout: float, seqs: bool) -> tuple[Any, ...]:
         if epoch != self.epoch or not self._in_log(since):
             return self._snapshot(seqs)
         if since == self._version and timeout > 0:
@@ -272,3 +285,30 @@ class Directory:
         if seqs:
             return ("snapshot", self.epoch, self._version, nodes, buckets, dict(self._seqs))
         return ("snapshot", self.epoch, self._version, nodes, buckets)
+
+
+def _pack_runs(events: list[Event]) -> list[Event]:
+    """Each run of numbered joins/leaves of one node incarnation as one packed
+    ``("changes", name, creation, first_seq, last_seq, body)`` (see the module rules)."""
+    packed: list[Event] = []
+    run: list[tuple[Any, ...]] = []
+    owner: tuple[Any, int] | None = None
+
+    def close_run() -> None:
+        if run:
+            body = pickle.dumps(run, pickle.HIGHEST_PROTOCOL)
+            packed.append(("changes", owner[0], owner[1], run[0][3], run[-1][3], body))  # type: ignore[index]
+            run.clear()
+
+    for event in events:
+        if len(event) == 6 and event[0] in ("join", "leave"):
+            if owner != (event[1], event[2]):
+                close_run()
+                owner = (event[1], event[2])
+            run.append((event[0], event[3], event[4], event[5]))
+        else:
+            close_run()
+            owner = None
+            packed.append(event)
+    close_run()
+    return packed

@@ -7,6 +7,7 @@ A mixin of ``Scope``: it uses the replica's tables (``remote``, ``applied``,
 """
 from __future__ import annotations
 
+import pickle
 from typing import Any, Iterable
 
 from ..mesh import of as dist_of
@@ -121,6 +122,13 @@ class RemoteChanges:
                 self._replace_node(name, None)
         elif kind == "sync":
             self._rebase(name, creation, event[3], event[4])
+        elif kind == "changes":  # a packed run of numbered joins/leaves (``Directory.changes(seqs=True)``)
+            known = self.remote.get(name)
+            applied = self.applied.get(name) if known is not None and known[0] == creation else None
+            if applied is not None and event[4] <= applied:
+                return  # race: the mesh delivered them all first (the one hop this is for): not even decoded
+            for change_kind, group, pids, seq in pickle.loads(event[5]):
+                self._apply_event((change_kind, name, creation, group, pids, seq))
         elif kind in ("join", "leave"):
             if len(event) > 5:
                 known = self.remote.get(name)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._config import NodeConfig, TLSConfig, parse_address
 from .._errors import HermesError, NameInUse
-from ..mesh import of as dist_of
+from ..mesh import aligned_delay, of as dist_of
 from ..runtime.lowlevel import Node
 from ._client import ServiceClient
 from ._scope import Scope, Wiring, current_scope, get_scope
@@ -101,9 +101,10 @@ async def start(node: Node, config: NodeConfig) -> PgService:
 async def _reconcile(dist: Any, client: ServiceClient, interval: float) -> None:
     """Discovery that keeps going (libcluster's polling, not LocalEpmd's one shot):
     connect to every node the directory lists that we are not connected to, so a
-    peer dropped by ticks while it was frozen or busy is found again."""
+    peer dropped by ticks while it was frozen or busy is found again. On the
+    boundaries of ``interval`` (as the ticks): no wake-up of its own."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(aligned_delay(interval))
         for name, (_creation, address) in client.nodes().items():
             if address is not None and name not in dist.conns:
                 dist.connect_soon(name, tuple(address))

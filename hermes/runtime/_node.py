@@ -97,7 +97,7 @@ class Node:
         config = self.config
         if config is not None:
             self.stall_warning = config.stall_warning
-        self._scan = self.loop.call_later(_flow.SCAN_INTERVAL, self._scan_mailboxes)
+        self._scan = self.loop.call_later(_flow.next_scan_delay(), self._scan_mailboxes)
 
     def _scan_mailboxes(self) -> None:
         if self.stopping or self.loop.is_closed():
@@ -109,7 +109,7 @@ class Node:
                 listener(total)
             except Exception:
                 log.exception("backlog listener failed")
-        self._scan = self.loop.call_later(_flow.SCAN_INTERVAL, self._scan_mailboxes)
+        self._scan = self.loop.call_later(_flow.next_scan_delay(), self._scan_mailboxes)
 
     # -- identities -----------------------------------------------------------
 

@@ -24,10 +24,12 @@ from ._cookie import ResolvedCookie, resolve_cookie
 from ._endpoints import open_connection, start_listener
 from ._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo
 from ._tls import client_context, server_context
+from ._ticks import aligned_delay
 
 __all__ = [
     "COOKIE_ENV_VAR", "DEFAULT_MAX_FRAME", "FRAME_HEADER", "Connection", "ConnectionDelegate",
     "ConnectionStatistics", "Handshake", "HandshakeRefused", "PeerInfo", "PeerRefusedError", "ResolvedCookie",
     "dumps", "loads", "open_connection", "resolve_cookie", "start_listener",
     "client_context", "server_context",
+    "aligned_delay",
 ]
