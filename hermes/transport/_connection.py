@@ -101,7 +101,7 @@ class Connection(FrameWriter, FrameReader, LinkFlowControl, asyncio.BufferedProt
     __slots__ = (
         "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
         "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
-        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent", "_quiet",
+        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_armed", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent", "_quiet",
         "_timer", "_ticker", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
         "_link_limit", "_room", "_overloaded", "_drainers", "_reading_paused",  # flow control
@@ -136,7 +136,7 @@ class Connection(FrameWriter, FrameReader, LinkFlowControl, asyncio.BufferedProt
         self._rbuf = bytearray(READ_MIN)
         self._rstart = self._rend = self._offered = 0
         self._read_size = READ_MIN
-        self._flush_scheduled = self._streaming = self._paused = self._wrote = self._heard = False
+        self._flush_scheduled = self._armed = self._streaming = self._paused = self._wrote = self._heard = False
         self._pending_frames = self._silent = self._quiet = 0
         self._timer: asyncio.TimerHandle | None = None  # the handshake timeout
         self._ticker: Ticker | None = None  # once established

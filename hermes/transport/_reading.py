@@ -37,6 +37,7 @@ class FrameReader:
     _offered: int
     _read_size: int
     _heard: bool
+    _armed: bool
     _max_frame: int
     _frames_in: int
     _ticks_in: int
@@ -79,7 +80,7 @@ class FrameReader:
         if nbytes == self._offered and self._read_size < READ_MAX:
             self._read_size *= 2  # a streaming peer: fewer, larger reads
         self._bytes_in += nbytes
-        self._heard = True
+        self._heard = self._armed = True  # a read begins a turn: see FrameWriter.send_payload
         start, end = self._rstart, self._rend + nbytes
         self._rend = end
         if self.closed:

@@ -1,13 +1,15 @@
 """The write path of a link (a mixin of ``Connection``): framing and coalescing.
 
-Frames are a 4-byte big-endian length + payload. Writes are coalesced:
-``send`` appends header + payload to one bytearray; the first send of a loop
-turn schedules one ``flush`` with ``call_soon`` for the turn's frames. That
-first frame is also written at once (so a request/reply costs no extra turn)
-unless the previous flush carried several frames: a sender that is streaming
-then gets one write per turn, not two, and a request sent right after a burst
-waits at most to the end of its turn. While the transport is paused (peer
-slow), frames stay in that buffer, never dropped; order is kept.
+Frames are a 4-byte big-endian length + payload. A frame goes out at once,
+with no loop callback, if nothing is queued, the link is not streaming and it
+is *armed*: something was read on it, or its last flush ran, since the last
+frame written that way. That is a request or its reply: each side then spends
+one loop turn per call, not two. Otherwise the frame waits in one bytearray
+for a ``flush`` scheduled with ``call_soon``, which writes all of the turn's
+frames at once; a sender that put several frames in one turn is *streaming*
+and gets one write per turn, not two. So a frame waits at most to the end of
+its turn. While the transport is paused
+(peer slow), frames stay in that buffer, never dropped; order is kept.
 
 Knows bytes and the transport's write side only; the state is ``Connection``'s.
 """
@@ -34,6 +36,7 @@ class FrameWriter:
     _link_limit: int
     _pending_frames: int
     _flush_scheduled: bool
+    _armed: bool
     _streaming: bool
     _paused: bool
     _overloaded: bool
@@ -79,18 +82,21 @@ class FrameWriter:
             return
         self._pending_frames += 1
         if not self._flush_scheduled and self.authenticated:
-            # The first frame of a loop turn goes out at once (a request/reply
-            # then costs no extra turn), unless we are streaming; the rest of
-            # the turn's frames wait for one coalesced write at its end.
-            self._flush_scheduled = True
-            if not self._paused and not self._streaming:
+            if self._armed and not self._streaming and not self._paused:
+                # A request or a reply on a link that is not streaming: out at once,
+                # with no flush to schedule (that cost each side a loop turn per call).
+                self._armed = False
                 self._write_buffer()
+                return
+            # The frames that follow wait for one coalesced write at the end of the turn.
+            self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        # This turn's frames: those pending, plus the one written at once if not streaming.
-        self._streaming = self._pending_frames + (not self._streaming) > 1
+        # This turn's frames: those pending, plus the one written at once (not armed) if any.
+        self._streaming = self._pending_frames + (not self._armed) > 1
+        self._armed = True  # a turn boundary: the next frame may go out at once again
         if self._paused or not self._wbuf or self.closed:
             return
         self._write_buffer()
