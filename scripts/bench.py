@@ -1041,7 +1041,7 @@ def use_old_send_payload(old: bool) -> None:
 
 def _send_payload_before_flow(self: Any, payload: Any) -> None:
     """``Connection.send_payload`` of commit c2d6515, verbatim."""
-    from hermes.transport._connection import _pack
+    from hermes.transport._writing import _pack
 
     size = len(payload)
     if not 0 < size <= self._max_frame:

@@ -7,22 +7,15 @@ listening (``open_connection``, ``start_listener``) live in ``_endpoints``.
 
 Rules:
 
-- Frames are a 4-byte big-endian length + payload; length 0 is a TICK. A
-  length above ``max_frame`` closes the connection before anything of the
-  frame is buffered.
+- Frames are a 4-byte big-endian length + payload; length 0 is a TICK. The
+  read path (a reused buffer, framing, delivery) is ``_reading``'s, the write
+  path (coalesced writes, one per loop turn) ``_writing``'s, the link's bounds
+  (``max_link_buffer``, paused reads) ``_linkflow``'s: mixins of ``Connection``.
 - Until the handshake (``_handshake``) is done nothing from the peer is
   unpickled and nothing is delivered; any handshake failure aborts the
   transport. ``connection_closed`` is called exactly once for every
   connection that reached ``connection_made``, established or not
   (``conn.peer is None`` tells it never was).
-- Writes are coalesced: ``send`` appends header + payload to one bytearray;
-  the first send of a loop turn schedules one ``flush`` with ``call_soon``
-  for the turn's frames. That first frame is also written at once (so a
-  request/reply costs no extra turn) unless the previous flush carried several
-  frames: a sender that is streaming then gets one write per turn, not two,
-  and a request sent right after a burst waits at most to the end of its
-  turn. While the transport is paused (peer slow), frames stay in that
-  buffer, never dropped; order is kept.
 - Ticks, as Erlang's net_ticktime: a TICK is written once ``TICK_EVERY``
   tick intervals passed with nothing else written, and the connection is closed when nothing at all arrived
   during ``TICK_MISSES`` intervals. All nodes must use the same interval. One
@@ -38,11 +31,12 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hermes._errors import HandshakeError, SerializationError
-from hermes.transport._codec import dumps, loads
-from hermes.transport._ticks import Ticker, ticker_for
-from hermes.transport._linkflow import LinkFlowControl
+from hermes._errors import HandshakeError
 from hermes.transport._handshake import FRAME_HEADER, Handshake, HandshakeRefused, PeerInfo, Role, State
+from hermes.transport._linkflow import LinkFlowControl
+from hermes.transport._reading import READ_MIN, FrameReader, describe
+from hermes.transport._ticks import Ticker, ticker_for
+from hermes.transport._writing import FrameWriter
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "TICK_MISSES", "Connection", "ConnectionDelegate", "ConnectionStatistics",
@@ -59,11 +53,6 @@ TICK_MISSES = 4
 # cluster sends half the ticks (they are most of its idle cost).
 TICK_EVERY = 2
 _TICK = FRAME_HEADER.pack(0)
-_pack = FRAME_HEADER.pack
-_unpack_from = FRAME_HEADER.unpack_from
-_HEADER_SIZE = FRAME_HEADER.size
-_READ_MIN = 16 * 1024     # bytes offered to a read at first
-_READ_MAX = 256 * 1024    # ... and at most, as asyncio's own reads
 
 
 class PeerRefusedError(ConnectionRefusedError):
@@ -105,18 +94,14 @@ class ConnectionStatistics:
     paused: bool
 
 
-class Connection(LinkFlowControl, asyncio.BufferedProtocol):
-    """An ``asyncio.BufferedProtocol`` for one node-to-node link; see the module docstring.
-
-    Reads go into one reused ``bytearray`` per link (``get_buffer``) instead of
-    a fresh bytes object per read: asyncio's own 256 KiB read buffer is above
-    glibc's mmap threshold, so each read cost an mmap and a munmap."""
+class Connection(FrameWriter, FrameReader, LinkFlowControl, asyncio.BufferedProtocol):
+    """An ``asyncio.BufferedProtocol`` for one node-to-node link; see the module docstring."""
 
     # Slots make the attribute reads and writes of the hot path cheaper.
     __slots__ = (
         "_delegate", "role", "local", "peer", "authenticated", "closed", "close_reason",
         "_loop", "_transport", "_address", "_handshake", "_max_frame", "_tick_interval", "_handshake_timeout",
-        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent", "_quiet",
+        "_wbuf", "_rbuf", "_rstart", "_rend", "_read_size", "_offered", "_flush_scheduled", "_armed", "_streaming", "_paused", "_pending_frames", "_wrote", "_heard", "_silent", "_quiet",
         "_timer", "_ticker", "_linger", "_waiter", "_failure",
         "_frames_in", "_frames_out", "_bytes_in", "_bytes_out", "_writes", "_ticks_in", "_ticks_out", "_undecodable",
         "_link_limit", "_room", "_overloaded", "_drainers", "_reading_paused",  # flow control
@@ -148,10 +133,10 @@ class Connection(LinkFlowControl, asyncio.BufferedProtocol):
         self._wbuf = bytearray()
         # Unparsed bytes are _rbuf[_rstart:_rend]; reads land after them. The read size
         # starts small (idle links cost little memory) and doubles while reads fill it.
-        self._rbuf = bytearray(_READ_MIN)
+        self._rbuf = bytearray(READ_MIN)
         self._rstart = self._rend = self._offered = 0
-        self._read_size = _READ_MIN
-        self._flush_scheduled = self._streaming = self._paused = self._wrote = self._heard = False
+        self._read_size = READ_MIN
+        self._flush_scheduled = self._armed = self._streaming = self._paused = self._wrote = self._heard = False
         self._pending_frames = self._silent = self._quiet = 0
         self._timer: asyncio.TimerHandle | None = None  # the handshake timeout
         self._ticker: Ticker | None = None  # once established
@@ -170,202 +155,6 @@ class Connection(LinkFlowControl, asyncio.BufferedProtocol):
         who = self.peer.name if self.peer else self._address
         state = "closed" if self.closed else "up" if self.authenticated else "handshaking"
         return f"<Connection {self.role} {who} {state}>"
-
-    # -- sending (hot path) --------------------------------------------------
-
-    def send(self, obj: Any) -> None:
-        """Pickle ``obj`` and queue it. ``SerializationError`` propagates, nothing is queued."""
-        payload = dumps(obj)
-        if len(payload) > self._max_frame:
-            raise SerializationError(type(obj).__qualname__, f"pickled size {len(payload)} exceeds max_frame")
-        self.send_payload(payload)
-
-    def send_payload(self, payload: bytes | bytearray | memoryview) -> None:
-        """Queue an already-pickled payload (copied at once; byte-format buffers only).
-
-        Frames sent before the handshake completes wait for it; frames sent
-        after close are dropped, like a message to a dead node.
-        """
-        size = len(payload)
-        if not 0 < size <= self._max_frame:
-            if size:  # too big: the same error as send()'s, whoever pickled it
-                raise SerializationError("payload", f"pickled size {size} exceeds max_frame {self._max_frame}")
-            raise ValueError("an empty payload is a TICK, not a frame")
-        if self.closed:
-            return
-        wbuf = self._wbuf
-        wbuf += _pack(size)
-        wbuf += payload
-        if len(wbuf) > self._room:  # past max_link_buffer: see _overload
-            self._overload()
-            return
-        self._pending_frames += 1
-        if not self._flush_scheduled and self.authenticated:
-            # The first frame of a loop turn goes out at once (a request/reply
-            # then costs no extra turn), unless we are streaming; the rest of
-            # the turn's frames wait for one coalesced write at its end.
-            self._flush_scheduled = True
-            if not self._paused and not self._streaming:
-                self._write_buffer()
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        # This turn's frames: those pending, plus the one written at once if not streaming.
-        self._streaming = self._pending_frames + (not self._streaming) > 1
-        if self._paused or not self._wbuf or self.closed:
-            return
-        self._write_buffer()
-        if self._drainers is not None and not self._paused:
-            self._wake_drainers()
-
-    def _write_buffer(self) -> None:
-        # Hand the bytearray over and start a new one: since 3.12 the transport
-        # may keep a view of what it could not send at once, so never reuse it.
-        data, self._wbuf = self._wbuf, bytearray()
-        self._frames_out += self._pending_frames
-        self._pending_frames = 0
-        self._write(data)
-        self._wrote = True
-
-    def _write(self, data: bytes | bytearray) -> None:
-        assert self._transport is not None
-        self._transport.write(data)
-        self._writes += 1
-        self._bytes_out += len(data)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-        if self._transport is not None:  # what the transport holds counts against the limit
-            self._room = self._link_limit - self._transport.get_write_buffer_size()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if not self._overloaded:
-            self._room = self._link_limit
-        if self._drainers is not None and not self._wbuf:
-            self._wake_drainers()
-        if self._wbuf and not self._flush_scheduled and self.authenticated and not self.closed:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    # -- receiving (hot path) ------------------------------------------------
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if len(self._rbuf) - self._rend < self._read_size:
-            self._make_room(self._read_size)
-        self._offered = len(self._rbuf) - self._rend
-        return memoryview(self._rbuf)[self._rend:]
-
-    def _make_room(self, free: int) -> None:
-        """At least ``free`` bytes after the unparsed ones (and room for the whole
-        frame they begin, so a big frame is copied once, not per read).
-
-        Never resizes ``_rbuf`` in place: the transport may still hold a view of it."""
-        buf, start, end = self._rbuf, self._rstart, self._rend
-        pending = end - start
-        need = pending + free
-        if pending >= _HEADER_SIZE:
-            need = max(need, _HEADER_SIZE + _unpack_from(buf, start)[0])
-        if need <= len(buf) <= 4 * _READ_MAX:
-            buf[:pending] = buf[start:end]  # same length: a move, no resize
-        else:
-            fresh = bytearray(max(need, _READ_MIN))
-            fresh[:pending] = buf[start:end]
-            self._rbuf = fresh
-        self._rstart, self._rend = 0, pending
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if nbytes == self._offered and self._read_size < _READ_MAX:
-            self._read_size *= 2  # a streaming peer: fewer, larger reads
-        self._bytes_in += nbytes
-        self._heard = True
-        start, end = self._rstart, self._rend + nbytes
-        self._rend = end
-        if self.closed:
-            self._rstart = self._rend = 0
-            return
-        if not self.authenticated:
-            self._rstart = self._rend = 0
-            self._handshake_data(bytes(self._rbuf[start:end]))
-            return
-        self._consume(start, end)
-
-    def _consume(self, start: int, end: int) -> None:
-        pos = self._deliver_frames(self._rbuf, start, end)
-        if pos == end or self.closed:
-            self._rstart = self._rend = 0
-        else:
-            self._rstart = pos
-
-    def data_received(self, data: bytes) -> None:
-        """Bytes handed over another way (a TLS upgrade's early bytes): as if read."""
-        size = len(data)
-        if len(self._rbuf) - self._rend < size:
-            self._make_room(size)
-        self._rbuf[self._rend:self._rend + size] = data
-        self._offered = -1  # a copy, not a read: no growth of the read size
-        self.buffer_updated(size)
-
-    def _receive_frames(self, data: bytes) -> None:
-        """Bytes that arrived another way (the handshake's leftover): as if read."""
-        self._make_room(len(data))
-        start = self._rend
-        self._rbuf[start:start + len(data)] = data
-        self._rend = start + len(data)
-        self._consume(self._rstart, self._rend)
-
-    def _deliver_frames(self, buf: bytearray, pos: int, available: int) -> int:
-        """Deliver every complete frame in ``buf[pos:available]``; return where the rest starts."""
-        deliver = self._delegate.frame_received
-        max_frame = self._max_frame
-        frames = ticks = 0
-        with memoryview(buf) as view:  # released before anyone resizes ``buf``
-            while available - pos >= _HEADER_SIZE:
-                (size,) = _unpack_from(buf, pos)
-                if size > max_frame:
-                    self._oversized(size)
-                    break
-                end = pos + _HEADER_SIZE + size
-                if end > available:
-                    break
-                if size:
-                    frames += 1
-                    # BaseException, not Exception: a pickle's __reduce__ may raise SystemExit,
-                    # KeyboardInterrupt or GeneratorExit, and no peer's bytes may stop the node.
-                    # (The node's own shutdown never comes through a frame: it is node.stop.)
-                    try:
-                        obj = loads(view[pos + _HEADER_SIZE : end])
-                    except BaseException as exc:  # any unpickling failure: drop the frame, keep the link
-                        self._drop_undecodable(exc)
-                    else:
-                        try:
-                            deliver(self, obj)
-                        except BaseException as exc:
-                            self._handler_failed(exc)
-                else:
-                    ticks += 1
-                pos = end
-                if self.closed:  # the delegate closed us: deliver nothing more
-                    break
-        self._frames_in += frames
-        self._ticks_in += ticks
-        return pos
-
-    def _drop_undecodable(self, exc: BaseException) -> None:
-        self._undecodable += 1
-        # No exc_info: a kept traceback would pin the receive buffer's view.
-        log.warning("dropped a frame from %s that failed to unpickle: %s", self._who(), _describe(exc))
-
-    def _handler_failed(self, exc: BaseException) -> None:
-        # One line names the peer; the traceback (a bug of ours, or a frame of a wrong
-        # shape) only at debug level, so that a hostile peer cannot flood the log.
-        log.error("dropped a frame from %s: handling it raised %s", self._who(), _describe(exc))
-        log.debug("traceback of the failed frame from %s", self._who(), exc_info=exc)
-
-    def _oversized(self, size: int) -> None:
-        log.warning("%s announced a frame of %d bytes (max_frame %d); closing", self._who(), size, self._max_frame)
-        self._shutdown(f"oversized frame ({size} bytes)", abort=True)
 
     # -- handshake -----------------------------------------------------------
 
@@ -399,7 +188,7 @@ class Connection(LinkFlowControl, asyncio.BufferedProtocol):
             self._fail(f"handshake failed: {exc}", exc)
             return
         except BaseException as exc:  # whatever the peer's bytes make the parser raise: drop the connection
-            log.warning("handshake with %s failed: %s", self._address, _describe(exc))
+            log.warning("handshake with %s failed: %s", self._address, describe(exc))
             self._fail("handshake failed", HandshakeError(f"bad handshake from {self._address}"))
             return
         if handshake.state is State.REFUSED:
@@ -557,16 +346,6 @@ def _check_options(max_frame: int, tick_interval: float, handshake_timeout: floa
         raise ValueError(f"max_frame must be in 1..2**32-1, not {max_frame}")
     if tick_interval <= 0 or handshake_timeout <= 0:
         raise ValueError("tick_interval and handshake_timeout must be positive")
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception a peer's bytes raised; its ``__str__`` may raise too."""
-    try:
-        text = str(exc)
-    except BaseException:  # a hostile exception's __str__: name its type only
-        text = "?"
-    text = " ".join(text[:200].split())  # one line, even for a multi-line message
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
