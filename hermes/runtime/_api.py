@@ -98,7 +98,9 @@ def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, 
     ``node``, ``link``, ``mailbox_limit`` and ``overflow`` are spawn's own
     keywords (never passed to ``target``): ``mailbox_limit``/``overflow``
     override the ``Actor`` class attributes of the same names."""
-    node_ = _nodemod.get()
+    node_ = _nodemod._node
+    if node_ is None or node_.thread != get_ident():  # no node, or another thread: raise (get, inline)
+        node_ = _nodemod.get()
     parent = current.get()
     if link and parent is None:
         raise NotInActor("spawn(..., link=True) must be called from inside an actor")
