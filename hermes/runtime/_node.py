@@ -118,7 +118,7 @@ class Node:
         return _new_tuple(Pid, (self.name, self.creation, next(self._pid_ids)))  # skips Pid.__new__
 
     def make_ref(self) -> Ref:
-        return Ref(self.name, self.creation, next(self._ref_ids))
+        return _new_tuple(Ref, (self.name, self.creation, next(self._ref_ids)))  # skips Ref.__new__
 
     def is_local(self, pid: Pid) -> bool:
         """Of this node's name: a pid of an earlier incarnation is local, and dead."""
