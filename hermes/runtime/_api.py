@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import types
 from threading import get_ident
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from .._errors import ActorExited, HermesError, NotInActor
 from . import _current as _nodemod
@@ -98,7 +99,9 @@ def spawn(target: Any, *args: Any, node: str | None = None, link: bool = False, 
     ``node``, ``link``, ``mailbox_limit`` and ``overflow`` are spawn's own
     keywords (never passed to ``target``): ``mailbox_limit``/``overflow``
     override the ``Actor`` class attributes of the same names."""
-    node_ = _nodemod.get()
+    node_ = _nodemod._node
+    if node_ is None or node_.thread != get_ident():  # no node, or another thread: raise (get, inline)
+        node_ = _nodemod.get()
     parent = current.get()
     if link and parent is None:
         raise NotInActor("spawn(..., link=True) must be called from inside an actor")
@@ -179,12 +182,16 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
 
     ``TimeoutError`` after ``timeout`` seconds; ``ActorExited`` if the callee is
     dead or dies before replying."""
-    node_ = _nodemod.get()
-    if timeout is not None:
-        _check_timeout(timeout)  # before anything is sent
+    node_ = _nodemod._node
+    if node_ is None or node_.thread != get_ident():  # no node, or another thread: raise (get, inline)
+        node_ = _nodemod.get()
+    if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+        _check_timeout(timeout)  # before anything is sent (the default, a float >= 0, needs no call)
     loop = node_.loop
     target: Any
-    if type(dest) is tuple and len(dest) == 2 and isinstance(dest[0], str) and dest[1] != node_.name:
+    if type(dest) is Pid:
+        target = dest
+    elif type(dest) is tuple and len(dest) == 2 and isinstance(dest[0], str) and dest[1] != node_.name:
         # (name, node) on another node: the name is resolved there, from the
         # call's one frame, as gen:call does; connected first if need be
         target = dest
@@ -207,7 +214,14 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
     try:
         if proc is not None:
             proc.signal_monitor(None, ref)  # a Down for ref fails fut (see Node.route_down)
-            proc.deliver(Call(request, caller.pid if caller else None, ref))
+            # An idle callee handles the request in this turn (as a remote call's
+            # does, see deliver_now); the caller then yields once, as it would
+            # have for the reply: one loop turn per call instead of two.
+            proc.deliver_now(Call(request, caller.pid if caller is not None else None, ref))
+            if fut.done():
+                await _one_turn()
+                replied = True
+                return fut.result()
         elif type(target) is Pid and node_.is_local(target):
             raise ActorExited(target, "noproc")
         else:
@@ -223,6 +237,12 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
             proc.signal_demonitor(ref)
         elif node_.pending_remote.pop(ref, None) is not None and not replied:  # a reply ends it there
             node_.end_remote_call(target[0] if type(target) is Pid else target[1], ref)
+
+
+@types.coroutine
+def _one_turn() -> Generator[None, None, None]:
+    """Yield to the loop for one turn (``asyncio.sleep(0)`` without its extra frame)."""
+    yield
 
 
 def _call_remote(node_: Node, target: Pid | tuple[str, str], request: Any, caller: Process | None,

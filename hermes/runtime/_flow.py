@@ -158,17 +158,22 @@ def top_mailboxes(node: Node, n: int = TOP) -> list[dict[str, Any]]:
 
 
 def scan_mailboxes(node: Node, threshold: int) -> int:
-    """Log actors that crossed ``threshold``; return the node's queued messages."""
+    """Log actors that crossed ``threshold``; return the node's queued messages.
+    Who was logged is a set on the node, not a slot of every process: an idle
+    actor pays neither the memory nor the store at spawn."""
     total = 0
     low = threshold // 2
+    warned = node.mailbox_warned  # pids logged as past the threshold, until below half
     for proc in node.procs.values():
         size = len(proc.mailbox)
         total += size
         if size > threshold:
-            if not proc.warned:
-                proc.warned = True
+            if proc.pid not in warned:
+                warned.add(proc.pid)
                 log.warning("actor %s (name %s, class %s) on %s has %d messages queued (mailbox_warning %d)",
                             proc.pid, proc.name, proc.describe_kind(), node.name, size, threshold)
-        elif proc.warned and size < low:
-            proc.warned = False
+        elif warned and size < low:
+            warned.discard(proc.pid)
+    if warned:
+        warned.intersection_update(node.procs)  # the dead are forgotten
     return total

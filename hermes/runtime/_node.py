@@ -79,6 +79,7 @@ class Node:
         self._ref_ids = itertools.count(1)
         self.stall_warning = 0.1  # seconds; read by every drain (from config.stall_warning)
         self.backlog_listeners: list[Callable[[int], None]] = []  # told the queued total on each scan
+        self.mailbox_warned: set[Pid] = set()  # logged as past mailbox_warning, until back below half
         self._scan: asyncio.TimerHandle | None = None  # the mailbox scan, started by the first spawn
 
     def statistics(self) -> dict[str, Any]:
@@ -117,7 +118,7 @@ class Node:
         return _new_tuple(Pid, (self.name, self.creation, next(self._pid_ids)))  # skips Pid.__new__
 
     def make_ref(self) -> Ref:
-        return Ref(self.name, self.creation, next(self._ref_ids))
+        return _new_tuple(Ref, (self.name, self.creation, next(self._ref_ids)))  # skips Ref.__new__
 
     def is_local(self, pid: Pid) -> bool:
         """Of this node's name: a pid of an earlier incarnation is local, and dead."""
@@ -129,24 +130,20 @@ class Node:
               parent: Process | None, link: bool, pid: Pid | None = None,
               remote_link: Pid | None = None) -> Pid:
         if pid is None:
-            pid = self.new_pid()
+            pid = _new_tuple(Pid, (self.name, self.creation, next(self._pid_ids)))  # new_pid, inline
         parent_pid = parent.pid if parent is not None else None
-        if kwargs or getattr(target, "mailbox_limit", None) is not None or \
-                getattr(target, "overflow", "drop_oldest") != "drop_oldest":
-            limit, overflow = _flow.options_of(target, kwargs)  # checked before anything is created
-        else:  # unbounded, the class's defaults: no call (100k spawns in well under a second)
-            limit = None
         if self._scan is None:
             self._start_scan()
         if isinstance(target, type) and issubclass(target, Actor):
-            actor_class = ActorProcess if limit is None else _flow.BoundedActorProcess
-            proc: Process = actor_class(self, pid, parent_pid, target.__qualname__)
+            # unbounded with the class's defaults: two attribute loads, no call (100k spawns well under 1 s)
+            if not kwargs and target.mailbox_limit is None and target.overflow == "drop_oldest":
+                proc: Process = ActorProcess(self, pid, parent_pid, target.__qualname__)
+            else:
+                proc = self._new_process(target, kwargs, pid, parent_pid)
         elif callable(target):
-            proc = (TaskProcess if limit is None else _flow.BoundedTaskProcess)(self, pid, parent_pid, target)
+            proc = self._new_process(target, kwargs, pid, parent_pid)
         else:
             raise TypeError(f"spawn target must be an Actor subclass or an async function, not {target!r}")
-        if limit is not None:
-            _flow.bound(proc, limit, overflow)
         self.procs[pid] = proc
         if link and parent is not None:
             self.link_pair(parent, pid)
@@ -154,9 +151,22 @@ class Node:
             proc.links = {remote_link}
         if isinstance(proc, ActorProcess):
             self._init_actor(proc, target, args, kwargs)
-        elif isinstance(proc, TaskProcess):
-            proc.start(args, kwargs)
+        else:
+            proc.start(args, kwargs)  # type: ignore[attr-defined]
         return pid
+
+    def _new_process(self, target: Any, kwargs: dict[str, Any], pid: Pid, parent_pid: Pid | None) -> Process:
+        """The process of a task target, or of an actor with flow-control options:
+        ``mailbox_limit``/``overflow`` taken out of ``kwargs`` and checked first."""
+        limit, overflow = _flow.options_of(target, kwargs)
+        if isinstance(target, type) and issubclass(target, Actor):
+            if limit is None:
+                return ActorProcess(self, pid, parent_pid, target.__qualname__)
+            return _flow.bound(_flow.BoundedActorProcess(self, pid, parent_pid, target.__qualname__), limit,
+                               overflow)
+        if limit is None:
+            return TaskProcess(self, pid, parent_pid, target)
+        return _flow.bound(_flow.BoundedTaskProcess(self, pid, parent_pid, target), limit, overflow)
 
     def _init_actor(self, proc: ActorProcess, cls: type[Actor], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> None:

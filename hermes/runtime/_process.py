@@ -56,7 +56,6 @@ class Process:
     __slots__ = (
         "node", "pid", "mailbox", "links", "monitors", "watching", "trap_exit",
         "name", "state", "reason", "parent", "ctx", "waiter", "done", "__weakref__",
-        "warned",  # logged as past mailbox_warning, until it falls back below half
     )
     # An unbounded mailbox (the default) has these as class attributes: spawning and
     # delivering pay nothing for flow control. Bounded processes (``_flow``) have slots.
@@ -79,7 +78,6 @@ class Process:
         self.ctx: contextvars.Context | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.done: asyncio.Future[Any] | None = None  # created on demand by waiters
-        self.warned = False
 
     # -- messages -------------------------------------------------------------
 
@@ -190,7 +188,7 @@ class TaskProcess(Process):
     __slots__ = ("task", "fn", "result")
 
     def __init__(self, node: Node, pid: Pid, parent: Pid | None, fn: Callable[..., Any]) -> None:
-        super().__init__(node, pid, parent)
+        Process.__init__(self, node, pid, parent)  # not super(): no super object per spawn
         self.fn = fn
         self.task: asyncio.Task[Any] | None = None
         self.result: Any = None
@@ -229,7 +227,7 @@ class ActorProcess(Process):
     __slots__ = ("actor", "scheduled", "task", "kind", "calling")
 
     def __init__(self, node: Node, pid: Pid, parent: Pid | None, kind: str = "Actor") -> None:
-        super().__init__(node, pid, parent)
+        Process.__init__(self, node, pid, parent)  # not super(): no super object per spawn
         self.actor: Actor | None = None  # set once __init__ has returned
         self.kind = kind
         self.calling: Ref | None = None  # the call being handled (for defer_reply)
@@ -249,15 +247,16 @@ class ActorProcess(Process):
 
     def deliver_now(self, msg: Any) -> None:
         """Deliver, and if the actor is idle (nothing queued, no handler running)
-        handle it in this loop turn instead of the next: for a call from another
-        node, whose caller is waiting, that turn is ~10% of the round trip.
-        Nothing is queued before it, so the order of messages is unchanged."""
+        handle it in this loop turn instead of the next: for a call, whose caller
+        is waiting, that turn is ~10% of a round trip from another node and half
+        the loop turns of a local one. Nothing is queued before it, so the order
+        of messages is unchanged."""
         if self.scheduled or self.mailbox:
             self.deliver(msg)
             return
         self.mailbox.append(msg)
         self.scheduled = True
-        self.node.drain_ctx.run(self.drain)  # never nested: frames arrive from the loop, not a drain
+        self.node.drain_ctx.run(self.drain)  # never nested: frames and calls come from the loop or a task, not a drain
 
     def started(self) -> None:
         """``__init__`` finished: begin taking messages."""
@@ -269,7 +268,8 @@ class ActorProcess(Process):
     def drain(self) -> None:
         if self.state != RUNNING:
             return
-        current.set(self)
+        if current.get() is not self:  # the drains' shared context: a set (a new mapping) only on a change
+            current.set(self)
         actor = self.actor
         assert actor is not None  # set before the first drain, cleared after the last
         mailbox = self.mailbox
