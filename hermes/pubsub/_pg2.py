@@ -35,8 +35,9 @@ class PGServer(Adapter):
     def __init__(self, name: str, registry_name: str) -> None:
         self._remote: tuple[str, ...] = ()  # see remote_nodes
         self._generation = -1  # pg's generation ``_remote`` was derived at
-        self._send: Callable[[bytes], Any] | None = None  # the mesh's sender to ``_remote``
-        self._links = -1  # the mesh's ``links`` ``_send`` was bound at
+        self._send: Callable[[bytes], Any] | None = None  # the mesh's sender to the remote nodes
+        self._send_generation = -1  # pg's generation ``_send`` was bound at (not ``_generation``)
+        self._send_links = -1  # the mesh's ``links`` ``_send`` was bound at
         super().__init__(name, registry_name)
         self.dist = dist_of(self.node)
         self.mesh: Any = self.dist if self.dist is not None else _Offline
@@ -71,7 +72,7 @@ class PGServer(Adapter):
         # The publish hot path, flat (``_frame`` inline, the mesh's sender bound
         # until pg's members or the mesh's links change): each call saved is ~5%
         # of a remote publish.
-        if self._generation != self.pg.generation or self._links != self.mesh.links:
+        if self._send_generation != self.pg.generation or self._send_links != self.mesh.links:
             self._bind_sender()
         send = self._send
         if send is not None:
@@ -86,9 +87,10 @@ class PGServer(Adapter):
 
     def _bind_sender(self) -> None:
         """``_send``: the mesh's sender to the other nodes of our group, as they
-        are now (the members derived afresh: a link may have come first)."""
+        are now (the members derived afresh: a link may have come first). Its own
+        generation, not ``remote_nodes``'s: ``direct_broadcast`` moves that one."""
         self._generation = -1
-        self._links = self.mesh.links
+        self._send_generation, self._send_links = self.pg.generation, self.mesh.links
         self._send = self.mesh.sender(self.remote_nodes())
 
     def direct_broadcast(self, node: str, topic: Any, msg: Any, exclude: Pid | None) -> None:
