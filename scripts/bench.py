@@ -1037,6 +1037,11 @@ def use_old_send_payload(old: bool) -> None:
     if _NEW_SEND_PAYLOAD is None:
         _NEW_SEND_PAYLOAD = Connection.send_payload
     Connection.send_payload = _send_payload_before_flow if old else _NEW_SEND_PAYLOAD  # type: ignore[method-assign]
+    # Senders bound before the swap (pubsub's, Distribution.sender) hold the other
+    # method: have them bound again, as after a link change.
+    dist = hermes.mesh.of(lowlevel.current_node())
+    if dist is not None:
+        dist.links += 1
 
 
 def _send_payload_before_flow(self: Any, payload: Any) -> None:
@@ -1250,9 +1255,12 @@ def trio_rows(c: LocalCluster, settings: Settings) -> dict[str, Callable[[], Any
         expect = {name: subs * count for name in c.nodes}
         h, base = interleaved(reps, lambda: c.rpc(a, publish_rate, topic, count, expect, timeout=60),
                               lambda: c.rpc(a, local_broadcast_rate, local_topic, count, subs * count), True)
+        floor = c.rpc(a, delivery_cpu_ns, local_topic, count, timeout=60)
         for name, pids in spawned.items():
             c.rpc(name, kill_all, pids)
-        return h, base, f"{count:,} publishes x {3 * subs} subscribers"
+        return h, base, (f"{count:,} publishes x {3 * subs} subscribers; CPU per delivery on one node: "
+                         f"handler call alone {floor[0]:.0f} ns, into the mailboxes {floor[1]:.0f} ns, "
+                         f"whole (deliver, drain, handler) {floor[2]:.0f} ns")
 
     def killed_members() -> Any:
         h, base = [], []
@@ -1285,6 +1293,38 @@ async def local_broadcast_rate(topic: Any, count: int, deliveries: int, chunk: i
         await asyncio.sleep(0)
     await receive(timeout=60)
     return deliveries / (time.perf_counter() - t0)
+
+
+async def delivery_cpu_ns(topic: Any, count: int, chunk: int = 50) -> tuple[float, float, float]:
+    """CPU ns per delivery to this node's subscribers of ``topic`` (best of 3):
+    the handler called in a plain loop; ``broadcast_local`` up to the mailboxes;
+    the whole path until every handler ran. The floor of the fanout row."""
+    from hermes.pubsub import subscribers
+
+    actors = [lowlevel.process_of(pid).actor for pid, _ in subscribers(topic)]  # type: ignore[union-attr]
+    n = count * len(actors)
+    msg = ("event", 1)
+    handler, deliver, whole = [], [], []
+    for _ in range(3):
+        arm_tally(topic, -1, None)
+        c0 = time.thread_time()
+        for _ in range(count):
+            for actor in actors:
+                actor.handle_info(msg)
+        handler.append(time.thread_time() - c0)
+        arm_tally(topic, n, self())
+        inside = 0.0
+        c0 = time.thread_time()
+        for start in range(0, count, chunk):
+            t1 = time.thread_time()
+            for _ in range(min(chunk, count - start)):
+                broadcast_local(topic, msg)
+            inside += time.thread_time() - t1
+            await asyncio.sleep(0)
+        await receive(timeout=60)
+        whole.append(time.thread_time() - c0)
+        deliver.append(inside)
+    return min(handler) / n * 1e9, min(deliver) / n * 1e9, min(whole) / n * 1e9
 
 
 # ===========================================================================

@@ -70,6 +70,7 @@ class Distribution(Connecting, Backpressure):
         self.local = PeerInfo(node.name, node.creation, ("127.0.0.1", 0), hidden)
         self.server: asyncio.Server | None = None
         self.conns: dict[str, Connection] = {}
+        self.links = 0  # bumped whenever a connection comes or goes: a ``sender`` older than it is stale
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pending: dict[str, asyncio.Future[bool]] = {}
         self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
@@ -173,6 +174,25 @@ class Distribution(Connecting, Backpressure):
                 conn.send_payload(payload)
                 sent += 1
         return sent
+
+    def sender(self, nodes: Any) -> Callable[[bytes], Any] | None:
+        """``multicast`` of a pickled frame to ``nodes``, bound once for a hot path:
+        a function that writes its payload to each of them connected now (``None``
+        if none is). Valid while ``links`` is unchanged: ask again when it moves
+        (a frame written through a stale one to a closed link is dropped). A
+        payload over ``max_frame`` raises ``SerializationError`` before anything
+        is written."""
+        sends = tuple(conn.send_payload for name in nodes if (conn := self.conns.get(name)) is not None)
+        if not sends:
+            return None
+        if len(sends) == 1:
+            return sends[0]  # the usual case: no loop, no call in between
+
+        def send_each(payload: bytes) -> None:
+            for send in sends:
+                send(payload)
+
+        return send_each
 
     # -- the runtime's interface ---------------------------------------------
 
@@ -298,6 +318,7 @@ class Distribution(Connecting, Backpressure):
                 return
             old.close("duplicate")
         self.conns[peer.name] = conn
+        self.links += 1
         self.addresses[peer.name] = tuple(peer.address)  # type: ignore[assignment]
         log.info("node %s connected to %s", self.node.name, peer.name)
         if not self.hidden and not peer.hidden:
@@ -313,6 +334,7 @@ class Distribution(Connecting, Backpressure):
         if peer is None or self.conns.get(peer.name) is not conn:
             return
         del self.conns[peer.name]
+        self.links += 1
         log.info("node %s lost connection to %s: %s", self.node.name, peer.name, reason)
         self.node.node_down(peer.name)
         if not peer.hidden:

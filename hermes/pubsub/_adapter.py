@@ -48,6 +48,7 @@ class Adapter(Actor):
         self.registry = registry.get_registry(registry_name)
         self.group = group_of(name)
         self.node = lowlevel.current_node()
+        self.thread = self.node.thread  # the thread rule's ident, read by every publish (fixed for the node's life)
         self.pg = pg.get_scope().wiring  # not the scope itself: a restarted scope replaces it there
         register(name)  # remote publishes are addressed (name, node): one frame fits every node
         instances()[name] = self
@@ -59,7 +60,8 @@ class Adapter(Actor):
 
     def broadcast(self, topic: Any, msg: Any, exclude: Pid | None) -> None:
         """Deliver to the subscribers of ``topic`` on every *other* node.
-        ``SerializationError`` before anything leaves if ``msg`` cannot be pickled."""
+        ``SerializationError`` before anything leaves if ``msg`` cannot be pickled.
+        ``publish`` has checked that ``topic`` is hashable (so does ``direct_broadcast``'s caller)."""
         raise NotImplementedError
 
     def direct_broadcast(self, node: str, topic: Any, msg: Any, exclude: Pid | None) -> None:
