@@ -8,17 +8,26 @@ A mixin of ``Scope``: it uses the replica's tables (``remote``, ``applied``,
 from __future__ import annotations
 
 import pickle
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..mesh import of as dist_of
 from ..runtime import Pid
 
 
 class RemoteChanges:
+    # the host's (``Scope``'s) state and methods this mixin uses
     node: Any
     wiring: Any
     remote: dict[str, Any]
-    applied: dict[str, int]
+    applied: dict[str, int | None]
+    service_lost: bool
+    held: list[tuple[str, Any]] | None
+    quiet: bool
+
+    if TYPE_CHECKING:
+        def _visible(self, name: str, creation: int) -> bool: ...
+        def _forget_members(self, group: Any = ...) -> None: ...
+        def _changed(self, group: Any, kind: str, pids: list[Pid]) -> None: ...
 
     def apply_feed(self, kind: str, payload: Any) -> None:
         """One item of the service's feed (see ``ServiceClient``), on the loop.

@@ -33,7 +33,7 @@ def _server(pubsub: str | None) -> Adapter:
     name = pubsub or DEFAULT
     lowlevel.current_node()  # NoNode, or the thread rule
     try:
-        return lowlevel.node_or_none().layers["pubsub"][name]  # type: ignore[union-attr,no-any-return]
+        return lowlevel.node_or_none().layers["pubsub"][name]  # type: ignore[union-attr]
     except (AttributeError, KeyError):
         if lowlevel.node_or_none() is None:
             lowlevel.current_node()  # raises NoNode
@@ -132,14 +132,14 @@ def statistics(pubsub: str | None = None) -> dict[str, Any]:
     sent, dropped, received, rejected, reconnects, subscribed)."""
     server = _server(pubsub)
     stats = getattr(server, "statistics", None)
-    return {"adapter": "mesh"} if stats is None else stats()  # type: ignore[no-any-return]
+    return {"adapter": "mesh"} if stats is None else stats()
 
 
 async def wait_subscribed(pubsub: str | None = None, timeout: float = 5.0) -> bool:
     """Until this node receives PubSub ``pubsub``'s publishes from other nodes
     (a Redis PubSub: its subscription is in place); ``False`` after ``timeout``."""
     waiter = getattr(_server(pubsub), "wait_subscribed", None)
-    return True if waiter is None else await waiter(timeout)  # type: ignore[no-any-return]
+    return True if waiter is None else await waiter(timeout)
 
 
 def system_children() -> list[tuple[Any, ...]]:

@@ -148,7 +148,7 @@ def _forward_handler(servers: dict[str, Any]) -> Callable[[Any, Any, tuple[Any, 
 
     def on_forward(dist: Any, conn: Any, frame: tuple[Any, ...]) -> None:
         _, name, topic, msg, exclude = frame
-        server = servers.get(name)
+        server: Any = servers.get(name)
         try:
             proc = server.mesh_proc  # only a PGServer has one: no isinstance on the hot path
         except AttributeError:  # none (dropped), or another adapter here (said once)
