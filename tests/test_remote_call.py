@@ -168,3 +168,30 @@ def test_many_remote_calls_answer_in_order_and_leave_nothing(cluster):
     assert cluster.rpc(a, many_calls, pid, 2000, timeout=50) == (True, IDLE)
     poll(lambda: cluster.rpc(b, leftovers) == IDLE, timeout=20)
     cluster.rpc(b, hermes.exit, pid, "kill")
+
+
+async def link_counters_over_calls(pid: hermes.Pid, n: int) -> Any:
+    from hermes import mesh
+
+    dist = mesh.of(lowlevel.current_node())
+    before = dist.statistics()[pid.node]
+    for i in range(n):
+        await hermes.call(pid, i)
+    after = dist.statistics()[pid.node]
+    return {field: getattr(after, field) - getattr(before, field)
+            for field in ("frames_out", "writes", "bytes_out", "frames_in", "queued_bytes")}
+
+
+@pytest.mark.timeout(60)
+def test_requests_written_at_once_are_counted_on_the_link(cluster):
+    """A request on an idle link goes out in the send itself (no buffer, no flush):
+    the link's counters still count each frame, write and byte."""
+    a, b = cluster.nodes[1], cluster.nodes[0]
+    pid = cluster.rpc(b, spawn_slow)
+    n = 300
+    delta = cluster.rpc(a, link_counters_over_calls, pid, n, timeout=50)
+    assert delta["frames_out"] >= n and delta["frames_in"] >= n  # requests out, replies in
+    assert n <= delta["writes"] <= delta["frames_out"] + 10  # about one write per request (plus ticks)
+    assert delta["bytes_out"] >= n * 12  # each a 4-byte header and a pickled ("c", id, i, sender, ref)
+    assert delta["queued_bytes"] == 0
+    cluster.rpc(b, hermes.exit, pid, "kill")
