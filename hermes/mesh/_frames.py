@@ -52,8 +52,13 @@ def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> No
     proc = node.procs.get((node.name, node.creation, pid_id))  # type: ignore[call-overload]
     if proc is None:
         _refuse_call(conn, ref_n, Pid(node.name, node.creation, pid_id))
-    else:
-        _take_call(node, conn, proc, request, sender_id, ref_n)
+        return
+    peer = conn.peer  # _take_call, inline: the hot path of a remote call
+    ref = tuple.__new__(Ref, (peer.name, peer.creation, ref_n))
+    proc.signal_monitor(None, ref)  # its Down, if it dies first, goes back to the caller's node
+    node.call_monitors[ref] = proc
+    proc.deliver_now(Call(request, tuple.__new__(Pid, (peer.name, peer.creation, sender_id))
+                          if sender_id is not None else None, ref))  # handled this turn if the callee is idle
 
 
 def _on_call_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
@@ -87,8 +92,10 @@ def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) 
 
 
 def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    node = dist.node
-    node.reply((node.name, node.creation, frame[1]), frame[2])  # type: ignore[arg-type]
+    node = dist.node  # Node.reply's own-ref case, inline: a late reply (call ended) finds nothing
+    fut = node.pending.get((node.name, node.creation, frame[1]))  # type: ignore[call-overload]
+    if fut is not None and not fut.done():
+        fut.set_result(frame[2])
 
 
 def _on_reply_error(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:

@@ -238,13 +238,20 @@ class Distribution(Connecting, Backpressure):
             frame_error = exc
         _raise_own_error(signal[2], frame_error)  # name the message's own type
 
-    def call(self, pid: Pid, request: Any, sender: Pid | None, ref: Ref) -> None:
+    def call(self, pid: Pid, request: Any, sender: Pid | None, ref: Ref) -> str | None:
         """One frame per remote call: the callee's node sets up the monitor, and
-        its reply ends it there, so no monitor/demonitor frames are needed."""
-        conn = self.conns[pid[0]]
+        its reply ends it there, so no monitor/demonitor frames are needed.
+        ``None`` once sent; else why it cannot be: ``"noconnection"``, or
+        ``"noproc"`` for a pid of an earlier incarnation of the peer."""
+        conn = self.conns.get(pid[0])
+        if conn is None:
+            return "noconnection"
+        peer = conn.peer
+        if peer is not None and peer.creation != pid[1]:
+            return "noproc"
         try:
             conn.send(("c", pid[2], request, sender[2] if sender is not None else None, ref[2]))
-            return
+            return None
         except SerializationError as exc:
             frame_error = exc
         _raise_own_error(request, frame_error)  # name the request's own type

@@ -22,6 +22,8 @@ from ._messages import Down
 from ._pid import Pid, Ref
 from ._process import Process, current
 
+_new_tuple = tuple.__new__
+
 
 def _caller(what: str) -> Process:
     proc = current.get()
@@ -206,13 +208,22 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
         if target is None:
             raise ActorExited(dest, "noproc")
     caller = current.get()
-    ref = node_.make_ref()
+    ref = _new_tuple(Ref, (node_.name, node_.creation, next(node_._ref_ids)))  # make_ref, inline
     replied = False
     fut: asyncio.Future[Any] = loop.create_future()
     proc = node_.procs.get(target)
     node_.pending[ref] = fut
     try:
-        if proc is not None:
+        if proc is None and type(target) is Pid:  # the remote call: one check-and-send, no helper calls
+            if target[0] == node_.name:  # ours (perhaps an earlier incarnation), and dead
+                raise ActorExited(target, "noproc")
+            dist = node_.dist
+            state = "noconnection" if dist is None else dist.call(
+                target, request, caller.pid if caller is not None else None, ref)
+            if state is not None:
+                raise ActorExited(target, state)
+            node_.pending_remote[ref] = target
+        elif proc is not None:
             proc.signal_monitor(None, ref)  # a Down for ref fails fut (see Node.route_down)
             # An idle callee handles the request in this turn (as a remote call's
             # does, see deliver_now); the caller then yields once, as it would
@@ -222,10 +233,8 @@ async def call(dest: Any, request: Any, timeout: float | None = 5.0) -> Any:
                 await _one_turn()
                 replied = True
                 return fut.result()
-        elif type(target) is Pid and node_.is_local(target):
-            raise ActorExited(target, "noproc")
         else:
-            _call_remote(node_, target, request, caller, ref)
+            _call_name(node_, target, request, caller, ref)
         if timeout is not None:
             node_.deadlines.add(fut, timeout)  # one timer per node, not one per call
         reply = await fut
@@ -245,18 +254,11 @@ def _one_turn() -> Generator[None, None, None]:
     yield
 
 
-def _call_remote(node_: Node, target: Pid | tuple[str, str], request: Any, caller: Process | None,
-                 ref: Ref) -> None:
-    sender = caller.pid if caller else None
-    if type(target) is Pid:
-        state = node_.remote_state(target)
-        if state != "ok":
-            raise ActorExited(target, state)
-        node_.dist.call(target, request, sender, ref)  # type: ignore[union-attr]
-    else:  # (name, node)
-        if node_.dist is None or not node_.dist.connected(target[1]):
-            raise ActorExited(target, "noconnection")
-        node_.dist.call_name(target[1], target[0], request, sender, ref)
+def _call_name(node_: Node, target: tuple[str, str], request: Any, caller: Process | None, ref: Ref) -> None:
+    """Send a call to ``(name, node)`` on another node: the name is resolved there."""
+    if node_.dist is None or not node_.dist.connected(target[1]):
+        raise ActorExited(target, "noconnection")
+    node_.dist.call_name(target[1], target[0], request, caller.pid if caller else None, ref)
     node_.pending_remote[ref] = target
 
 

@@ -23,6 +23,7 @@ from hermes.transport._codec import dumps
 from hermes.transport._handshake import FRAME_HEADER
 
 _pack = FRAME_HEADER.pack
+_HEADER = FRAME_HEADER.size
 
 
 class FrameWriter:
@@ -75,6 +76,18 @@ class FrameWriter:
         if self.closed:
             return
         wbuf = self._wbuf
+        if (self._armed and not wbuf and not self._flush_scheduled and not self._streaming and not self._paused
+                and self.authenticated and size + _HEADER <= self._room):
+            # A request or a reply on an idle, armed link (see below): written here, in one
+            # piece, without the buffer and the three calls of _write_buffer/_write.
+            self._armed = False
+            data = _pack(size) + payload
+            self._transport.write(data)
+            self._frames_out += 1
+            self._writes += 1
+            self._bytes_out += len(data)
+            self._wrote = True
+            return
         wbuf += _pack(size)
         wbuf += payload
         if len(wbuf) > self._room:  # past max_link_buffer: see _overload
