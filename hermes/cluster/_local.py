@@ -167,6 +167,7 @@ class LocalCluster:
         env = self._node_env()
         args = ["node", "--name", full, "--cluster", f"{self.service_address[0]}:{self.service_address[1]}",
                 *node_flags(self.config)]
+        proc: _zygote.ForkedProcess | subprocess.Popen[bytes]
         try:
             proc = self._fork(args, env, log_path, answers_w)
         except _zygote.ZygoteUnavailable as exc:

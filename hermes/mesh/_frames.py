@@ -41,7 +41,7 @@ log = logging.getLogger("hermes.mesh")
 
 def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node
-    proc = node.procs.get((node.name, node.creation, frame[1]))  # type: ignore[call-overload]
+    proc = node.procs.get((node.name, node.creation, frame[1]))
     if proc is not None:
         proc.deliver(frame[2])
 
@@ -49,7 +49,7 @@ def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> Non
 def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     _, pid_id, request, sender_id, ref_n = frame
     node = dist.node
-    proc = node.procs.get((node.name, node.creation, pid_id))  # type: ignore[call-overload]
+    proc = node.procs.get((node.name, node.creation, pid_id))
     if proc is None:
         _refuse_call(conn, ref_n, Pid(node.name, node.creation, pid_id))
         return
@@ -93,14 +93,14 @@ def _on_send_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) 
 
 def _on_reply(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node  # Node.reply's own-ref case, inline: a late reply (call ended) finds nothing
-    fut = node.pending.get((node.name, node.creation, frame[1]))  # type: ignore[call-overload]
+    fut = node.pending.get((node.name, node.creation, frame[1]))
     if fut is not None and not fut.done():
         fut.set_result(frame[2])
 
 
 def _on_reply_error(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     node = dist.node
-    node.fail_pending((node.name, node.creation, frame[1]), frame[2])  # type: ignore[arg-type]
+    node.fail_pending((node.name, node.creation, frame[1]), frame[2])
 
 
 def unsendable_reply(ref_n: int, value: Any, exc: SerializationError, rpc: bool) -> tuple[Any, ...]:

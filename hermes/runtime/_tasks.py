@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from ._process import current
@@ -36,7 +37,7 @@ def _awaited_in_place() -> bool:
     its caller awaits at once: that task is still the caller (3.12 makes none)."""
     if _WAIT_FOR is None:
         return False
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     for _ in range(4):
         if frame is None:
             return False
@@ -63,7 +64,7 @@ def install(node: Node) -> None:
             return previous(loop, coro, context=context, **kwargs)  # type: ignore[call-arg]
         return asyncio.Task(coro, loop=loop, context=context, **kwargs)
 
-    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    loop.set_task_factory(factory)
 
 
 def uninstall(node: Node) -> None:

@@ -107,4 +107,4 @@ def layer_state(name: str, factory: Callable[[], T]) -> T:
     state = layers.get(name)
     if state is None:
         state = layers[name] = factory()
-    return state  # type: ignore[no-any-return]
+    return state
