@@ -52,13 +52,8 @@ def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> No
     proc = node.procs.get((node.name, node.creation, pid_id))
     if proc is None:
         _refuse_call(conn, ref_n, Pid(node.name, node.creation, pid_id))
-        return
-    peer = conn.peer  # _take_call, inline: the hot path of a remote call
-    ref = tuple.__new__(Ref, (peer.name, peer.creation, ref_n))
-    proc.signal_monitor(None, ref)  # its Down, if it dies first, goes back to the caller's node
-    node.call_monitors[ref] = proc
-    proc.deliver_now(Call(request, tuple.__new__(Pid, (peer.name, peer.creation, sender_id))
-                          if sender_id is not None else None, ref))  # handled this turn if the callee is idle
+    else:
+        _take_call(node, conn, proc, request, sender_id, ref_n)
 
 
 def _on_call_name(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:

@@ -90,11 +90,7 @@ class FrameReader:
             self._rstart = self._rend = 0
             self._handshake_data(bytes(self._rbuf[start:end]))
             return
-        pos = self._deliver_frames(self._rbuf, start, end)  # _consume, inline: one call less per read
-        if pos == end or self.closed:
-            self._rstart = self._rend = 0
-        else:
-            self._rstart = pos
+        self._consume(start, end)
 
     def _consume(self, start: int, end: int) -> None:
         pos = self._deliver_frames(self._rbuf, start, end)
