@@ -74,7 +74,7 @@ async def first_round(node: Node, timeout: float) -> None:
     names, peers = await _listed(node, deadline)
     if not names and not peers:
         return
-    attempts = [loop.create_task(dist.connect(name)) for name in names]
+    attempts = [loop.create_task(dist.connect_in_turn(name)) for name in names]  # they know us too
     attempts += [loop.create_task(dist.connect_address((str(address[0]), int(address[1])))) for address in peers]
     done, pending = await asyncio.wait(attempts, timeout=max(0.0, deadline - loop.time()))
     for task in pending:

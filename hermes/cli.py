@@ -7,6 +7,7 @@ of names, defaults and checks.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import traceback
@@ -61,6 +62,7 @@ def node_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+@functools.cache  # built once: a LocalCluster's zygote builds it for all the nodes it forks
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hermes", description="Hermes: Erlang/OTP-style actors and a "
                                      "distributed PubSub. Also run as `python -m hermes`.")

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import resource
 import select
 import signal
 import socket
@@ -152,6 +153,12 @@ ROWS = [
         "< 20 % of one core", lambda h, b: h < 20.0, 240),
     Row("pg_join", 15, "trio", "pg.join on 1 node, 2 nodes + service replicating", "rate",
         "pg.join on a node with no peer (+ service)", ">= 0.7x", lambda h, b: _ratio(h, b) >= 0.7, 180),
+    # of that same start (cluster_start's, or one of their own): what it cost, and how many
+    # handshakes were wasted because both ends of a pair dialled each other
+    Row("start_cpu", 15, "scale", "CPU of the N nodes during that start", "s", "N `import hermes` processes",
+        "measured", lambda h, b: True, 240),
+    Row("start_refused", 15, "scale", "refused handshakes in that start, % of links", "%",
+        "one per link (both ends dial)", "< 1 %", lambda h, b: h < 1.0, 240),
 ]
 FIXTURE_STARTUP = 45.0  # bound on starting a fixture's cluster, on top of its rows
 
@@ -1909,14 +1916,33 @@ def scale_rows(settings: Settings, log_dir: str) -> tuple[dict[str, Callable[[],
             return h, base, f"{n:,} round trips of length-prefixed pickles"
         return row
 
+    started: dict[str, float] = {}
+
     def cluster_start() -> Any:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         base = parallel_imports_seconds(count)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started["base_cpu"] = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         t0 = time.monotonic()
         cluster = LocalCluster([f"idle{i}" for i in range(count)], log_dir=log_dir, startup_timeout=180)
         elapsed = time.monotonic() - t0
         clusters.append(cluster)
         record_cluster(cluster)
+        # forked nodes start their CPU counters at zero: all they used is the start's
+        started["cpu"] = cpu_seconds([p.proc.pid for p in cluster._nodes.values()])  # type: ignore[attr-defined]
+        refused = sum(cluster.output(name).count("refused the connection") for name in cluster.nodes)
+        started["refused"] = 100.0 * refused / (count * (count - 1) // 2)
         return elapsed, base, f"{count} nodes, every one seeing every other"
+
+    def start_cpu() -> Any:
+        if not started:
+            cluster_start()
+        return started["cpu"], started["base_cpu"], f"{count} nodes, user + system, from their fork to whole"
+
+    def start_refused() -> Any:
+        if not started:
+            cluster_start()
+        return started["refused"], 100.0, f"{count * (count - 1) // 2:,} links"
 
     def idle_cpu() -> Any:
         if not clusters:
@@ -1947,7 +1973,8 @@ def scale_rows(settings: Settings, log_dir: str) -> tuple[dict[str, Callable[[],
             cluster.stop()
 
     return ({"asyncio_pingpong": pingpong("asyncio"), "uvloop_pingpong": pingpong("uvloop"),
-             "cluster_start": cluster_start, "idle_cpu": idle_cpu}, close)
+             "cluster_start": cluster_start, "idle_cpu": idle_cpu, "start_cpu": start_cpu,
+             "start_refused": start_refused}, close)
 
 
 def parallel_imports_seconds(count: int) -> float:
@@ -1973,6 +2000,16 @@ def cpu_percent(pids: list[int], seconds: float) -> float:
     time.sleep(seconds)
     used, elapsed = ticks() - before, time.monotonic() - t0
     return 100.0 * used / os.sysconf("SC_CLK_TCK") / elapsed
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU (user + system) used so far by ``pids``, from /proc/PID/stat."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def record_pid(pid: int) -> None:

@@ -219,8 +219,13 @@ def serve(fd: int) -> None:
 
 def _warm_up() -> None:
     """Import what every node imports, so that the children need not."""
-    import hermes.cli  # noqa: F401  (and with it the package: runtime, mesh, pg, pubsub, presence)
+    import encodings.idna  # noqa: F401  (a node's first name lookup imports it)
+
+    import hermes.cli  # (and with it the package: runtime, mesh, pg, pubsub, presence)
     import hermes.cluster._nodeproc  # noqa: F401
+
+    # the command line's parser, and the regexes and translations its first use compiles and finds
+    hermes.cli._parser().parse_args(["node", "--name", "zygote@127.0.0.1"])
     try:
         import uvloop  # noqa: F401
     except ImportError:

@@ -3,12 +3,23 @@ the pg service), by address, kept connected (static peers), and in the
 background (mesh completion, discovery). A failure is logged once per new
 reason, in words (unknown host, refused, cookie rejected, timeout).
 
+Who dials: two nodes that both learn of each other from the directory (the pg
+service: first discovery round, feed, reconcile) would dial each other at the
+same moment, and one of the two handshakes would be refused as a duplicate.
+So, as the duplicate rule keeps the link the greater name started, the node
+with the greater name dials at once and the other waits ``DIAL_GRACE`` for
+that link before it dials itself (the other may be slow, stuck, or not know
+it yet). An explicit ``connect``, static peers, and names heard from a
+peer's list on a node without a directory (the other end may not know us)
+are dialled at once.
+
 A mixin of ``Distribution``: it uses its ``conns``, ``pending``, ``addresses``,
-``resolvers``, ``failures`` and ``_tasks``.
+``resolvers``, ``failures``, ``arrivals`` and ``_tasks``.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,6 +32,7 @@ if TYPE_CHECKING:
     import ssl
 
 log = logging.getLogger("hermes.mesh")
+DIAL_GRACE = 2.0  # seconds the smaller name of a pair waits for the greater one's dial
 
 
 class Connecting:
@@ -38,6 +50,7 @@ class Connecting:
     pending: dict[str, asyncio.Future[bool]]
     addresses: dict[str, tuple[str, int]]
     failures: dict[str, str]
+    arrivals: dict[str, asyncio.Future[None]]  # set by the host when a link to that name is up
     _tasks: set[asyncio.Task[Any]]
 
     async def connect(self, name: str) -> bool:
@@ -97,6 +110,27 @@ class Connecting:
         self.failures[key] = reason
         log.log(level, "cannot connect to %s: %s", key, reason)
 
+    async def connect_in_turn(self, name: str) -> bool:
+        """``connect`` to a node that knows us from the directory as we know it:
+        the greater name dials at once, the smaller first waits ``DIAL_GRACE``
+        for its link (see the module docstring)."""
+        if name not in self.conns and self.node.name < name and await self._until_connected(name, DIAL_GRACE):
+            return True
+        return await self.connect(name)
+
+    async def _until_connected(self, name: str, timeout: float) -> bool:
+        """Whether a link to ``name`` is up within ``timeout`` seconds (no polling)."""
+        if name in self.conns:
+            return True
+        arrival = self.arrivals.get(name)
+        if arrival is None or arrival.done():
+            arrival = self.arrivals[name] = self.node.loop.create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(arrival), timeout)
+        if self.arrivals.get(name) is arrival and not arrival.done():
+            del self.arrivals[name]  # nobody is waiting for it now: a later ``connect_soon`` waits anew
+        return name in self.conns
+
     def _connecting_to(self, peer: Any) -> bool:
         """Whether an attempt of ours to ``peer`` is under way, by name or by address
         (a static peer is dialled by address: its name is not known before the handshake)."""
@@ -107,13 +141,12 @@ class Connecting:
         return any(c.peer is not None and tuple(c.peer.address) == tuple(address) for c in self.conns.values())
 
     async def _wait_connected(self, name: str | None, address: tuple[str, int], timeout: float = 1.0) -> bool:
-        def done() -> bool:
-            return name in self.conns if name is not None else self._connected_to(address)
-
+        if name is not None:
+            return await self._until_connected(name, timeout)
         deadline = self.node.loop.time() + timeout
-        while not done() and self.node.loop.time() < deadline:
+        while not self._connected_to(address) and self.node.loop.time() < deadline:
             await asyncio.sleep(0.005)
-        return done()
+        return self._connected_to(address)
 
     def keep_connected(self, addresses: list[tuple[str, int]], interval: float = 1.0) -> None:
         """Static discovery: connect to these addresses now and whenever the
@@ -139,13 +172,20 @@ class Connecting:
         conn.close("disconnect")
         return True
 
-    def connect_soon(self, name: str, address: tuple[str, int] | None = None) -> None:
-        """Connect in the background (mesh completion, discovery)."""
+    def connect_soon(self, name: str, address: tuple[str, int] | None = None, *, in_turn: bool = False) -> None:
+        """Connect in the background (mesh completion, discovery); ``in_turn``: the
+        node knows us from the directory too (``connect_in_turn``)."""
         if name == self.node.name or name in self.conns or name in self.pending:
             return
         if address is not None:
             self.addresses[name] = address
-        task = self.node.loop.create_task(self.connect(name))
+        if in_turn and self.node.name < name:
+            if name in self.arrivals and not self.arrivals[name].done():
+                return  # already waiting for its dial
+            attempt = self.connect_in_turn(name)
+        else:
+            attempt = self.connect(name)
+        task = self.node.loop.create_task(attempt)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -166,7 +166,9 @@ def _on_bye(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> Non
 
 def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
     for name, address in frame[1]:
-        dist.connect_soon(name, tuple(address))
+        if name not in dist.conns and name not in dist.pending:
+            # with a directory, that node knows us from it too: one of us dials first
+            dist.connect_soon(name, tuple(address), in_turn=bool(dist.resolvers))
 
 
 HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {

@@ -11,6 +11,8 @@ Rules:
   the node with the greater name wins (both sides apply the same rule);
 - the mesh is transitive: on every new connection each side sends its peer
   list, and the other connects to the peers it lacks (hidden nodes excepted);
+  of two nodes that know each other from the directory, the greater name
+  dials first (``_connecting``);
 - a peer that restarted (new creation) replaces its old connection; pids of
   the old incarnation are dead: sends to them are dropped, monitors get
   ``"noproc"``;
@@ -73,6 +75,7 @@ class Distribution(Connecting, Backpressure):
         self.links = 0  # bumped whenever a connection comes or goes: a ``sender`` older than it is stale
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pending: dict[str, asyncio.Future[bool]] = {}
+        self.arrivals: dict[str, asyncio.Future[None]] = {}  # links awaited (``_connecting``)
         self.up_listeners: list[Callable[[str, PeerInfo], None]] = []
         self.down_listeners: list[Callable[[str, int, bool], None]] = []  # name, creation, lost?
         self.resolvers: list[Callable[[str], tuple[str, int] | None]] = []
@@ -327,6 +330,9 @@ class Distribution(Connecting, Backpressure):
         self.conns[peer.name] = conn
         self.links += 1
         self.addresses[peer.name] = tuple(peer.address)  # type: ignore[assignment]
+        arrival = self.arrivals.pop(peer.name, None)
+        if arrival is not None and not arrival.done():
+            arrival.set_result(None)
         log.info("node %s connected to %s", self.node.name, peer.name)
         if not self.hidden and not peer.hidden:
             conn.send(("peers", [(p.name, tuple(p.address)) for n, c in self.conns.items()

@@ -208,7 +208,7 @@ class RemoteChanges:
             return
         for name, (_creation, address) in nodes.items():
             if name != self.node.name and address is not None:
-                dist.connect_soon(name, tuple(address))
+                dist.connect_soon(name, tuple(address), in_turn=True)
 
 
 def _minus(a: Iterable[Pid], b: list[Pid]) -> list[Pid]:

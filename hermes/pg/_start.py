@@ -107,7 +107,7 @@ async def _reconcile(dist: Any, client: ServiceClient, interval: float) -> None:
         await asyncio.sleep(aligned_delay(interval))
         for name, (_creation, address) in client.nodes().items():
             if address is not None and name not in dist.conns:
-                dist.connect_soon(name, tuple(address))
+                dist.connect_soon(name, tuple(address), in_turn=True)
 
 
 def _membership_over_mesh(node: Node, wiring: Wiring, dist: Any) -> None:
