@@ -19,6 +19,7 @@ before any node receives it.
 """
 from __future__ import annotations
 
+import weakref
 from pickle import dumps as _pickle_dumps
 from typing import Any, Callable
 
@@ -40,9 +41,9 @@ class PGServer(Adapter):
         self._remote: tuple[str, ...] = ()  # see remote_nodes
         self._generation = -1  # pg's generation ``_remote`` was derived at
         self._send: Callable[[bytes], Any] | None = None  # the mesh's sender to the remote nodes
-        # pg's generation + the mesh's ``links`` when ``_send`` was bound (not ``_generation``):
-        # both only grow, so their sum moves whenever either does: one test per publish, not two
-        self._send_stamp = -1
+        # pg's generation ``_send`` was bound at (not ``_generation``); -1 when a
+        # connection came or went (``_watch_links``: the sender binds connections)
+        self._send_generation = -1
         super().__init__(name, registry_name)
         self.wire_name = None if name == DEFAULT else name  # our name in our frames
         self.dist = dist_of(self.node)
@@ -55,6 +56,7 @@ class PGServer(Adapter):
         self.delivery = self.registry.delivery
         if self.dist is not None:  # our frame: one handler for the node's PGServers
             self.dist.register_frame("f", _forward_handler(instances()))
+            _watch_links(self.dist, instances())
 
     def remote_nodes(self) -> tuple[str, ...]:
         """The other nodes with a member in our group.
@@ -76,9 +78,9 @@ class PGServer(Adapter):
 
     def broadcast(self, topic: Any, msg: Any, exclude: Pid | None) -> None:
         # The publish hot path, flat (``_frame`` inline, the mesh's sender bound
-        # until pg's members or the mesh's links change): each call saved is ~5%
-        # of a remote publish.
-        if self._send_stamp != self.pg.generation + self.mesh.links:
+        # until pg's members or the mesh's links change; the links told by
+        # ``_watch_links``, not tested here): each call saved is ~5% of a remote publish.
+        if self._send_generation != self.pg.generation:
             self._bind_sender()
         send = self._send
         if send is not None:
@@ -109,7 +111,7 @@ class PGServer(Adapter):
         are now (the members derived afresh: a link may have come first). Its own
         generation, not ``remote_nodes``'s: ``direct_broadcast`` moves that one."""
         self._generation = -1
-        self._send_stamp = self.pg.generation + self.mesh.links
+        self._send_generation = self.pg.generation
         self._send = self.mesh.sender(self.remote_nodes())
 
     def direct_broadcast(self, node: str, topic: Any, msg: Any, exclude: Pid | None) -> None:
@@ -144,12 +146,32 @@ class PGServer(Adapter):
 class _Offline:
     """The mesh of a node without distribution: no other node, ever."""
 
-    links = 0
     max_frame = 0
 
     @staticmethod
     def sender(nodes: Any) -> None:
         return None
+
+
+_LINKS_WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()  # the meshes ``_watch_links`` listens to
+
+
+def _watch_links(dist: Any, servers: dict[str, Any]) -> None:
+    """Once per mesh: when a connection comes or goes (the mesh's ``links``
+    moves, then it tells its node up/down listeners), every PGServer's sender
+    is stale, even if pg's generation did not move (a link may come before pg
+    knows of a member there). Told, not tested on every publish."""
+    if dist in _LINKS_WATCHED:
+        return
+    _LINKS_WATCHED.add(dist)
+
+    def stale(*_: Any) -> None:
+        for server in servers.values():
+            if isinstance(server, PGServer):
+                server._send_generation = -1
+
+    dist.on_node_up(stale)
+    dist.on_node_down(stale)
 
 
 def _forward_handler(servers: dict[str, Any]) -> Callable[[Any, Any, tuple[Any, ...]], None]:
