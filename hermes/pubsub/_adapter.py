@@ -26,6 +26,7 @@ from ..runtime import lowlevel
 
 log = logging.getLogger("hermes.pubsub")
 
+DEFAULT = "hermes.pubsub"  # the PubSub every node runs
 REJOIN = "hermes.pubsub.rejoin"  # the pg scope restarted empty: join our group again
 
 

@@ -23,10 +23,8 @@ from .._errors import HermesError
 from ..runtime import Pid, Supervisor, spawn
 from ..runtime import lowlevel
 from ..runtime.lowlevel import running
-from ._adapter import Adapter, fan_out, instances
+from ._adapter import DEFAULT, Adapter, fan_out, instances
 from ._pg2 import PGServer
-
-DEFAULT = "hermes.pubsub"
 
 
 def _server(pubsub: str | None) -> Adapter:

@@ -16,7 +16,7 @@ never see a ``Connection``.
 """
 from __future__ import annotations
 
-from ._codec import dumps, loads
+from ._codec import NAMES_A_GLOBAL, PROTOCOL, dumps, dumps_rest, loads
 from ._connection import (DEFAULT_MAX_FRAME, Connection, ConnectionDelegate, ConnectionStatistics,
                           PeerRefusedError)
 from ._cookie import ENV_VAR as COOKIE_ENV_VAR
@@ -32,4 +32,5 @@ __all__ = [
     "dumps", "loads", "open_connection", "resolve_cookie", "start_listener",
     "client_context", "server_context",
     "aligned_delay",
+    "NAMES_A_GLOBAL", "PROTOCOL", "dumps_rest",
 ]

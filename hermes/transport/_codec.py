@@ -43,12 +43,16 @@ import cloudpickle  # type: ignore[import-untyped]  # it ships no type informati
 
 from hermes._errors import SerializationError
 
-__all__ = ["PROTOCOL", "dumps", "loads"]
+__all__ = ["NAMES_A_GLOBAL", "PROTOCOL", "dumps", "dumps_rest", "loads"]
 
 PROTOCOL = 5
 
 _MAIN = b"__main__"
 _STACK_GLOBAL = pickle.STACK_GLOBAL[0]  # an int: ``in`` is then a memchr
+# A plain pickle (``pickle.dumps(obj, PROTOCOL)``) without this opcode names no
+# class or function, and is ``dumps``'s answer as it is: a hot path may pickle
+# inline and call ``dumps_rest`` only when it is there (see ``dumps_rest``).
+NAMES_A_GLOBAL = _STACK_GLOBAL
 _pickle_dumps = pickle.dumps
 # cloudpickle's own registry (a set it mutates in place); read, never written here.
 # ``list_registry_pickle_by_value()`` would copy it on every call.
@@ -73,6 +77,16 @@ def dumps(obj: Any) -> bytes:
     else:
         if _STACK_GLOBAL not in data or (data.find(_MAIN) == -1 and not (_BY_VALUE and _names_by_value(data))):
             return data
+    return _cloudpickle(obj)
+
+
+def dumps_rest(data: bytes | None, obj: Any) -> bytes:
+    """The rest of ``dumps(obj)`` for a caller that pickled ``obj`` inline:
+    ``data`` is ``pickle.dumps(obj, PROTOCOL)`` if that did not raise (then it
+    contains ``NAMES_A_GLOBAL``), else ``None``. The same answer and the same
+    ``SerializationError`` as ``dumps``."""
+    if data is not None and data.find(_MAIN) == -1 and not (_BY_VALUE and _names_by_value(data)):
+        return data
     return _cloudpickle(obj)
 
 

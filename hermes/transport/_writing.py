@@ -69,14 +69,22 @@ class FrameWriter:
         after close are dropped, like a message to a dead node.
         """
         size = len(payload)
-        if not 0 < size <= self._max_frame:
+        if not size or size > self._max_frame:
             if size:  # too big: the same error as send()'s, whoever pickled it
                 raise SerializationError("payload", f"pickled size {size} exceeds max_frame {self._max_frame}")
             raise ValueError("an empty payload is a TICK, not a frame")
         if self.closed:
             return
         wbuf = self._wbuf
-        if (self._armed and not wbuf and not self._flush_scheduled and not self._streaming and not self._paused
+        if self._flush_scheduled:  # a later frame of this turn (a stream's): it waits for that flush
+            wbuf += _pack(size)
+            wbuf += payload
+            if len(wbuf) > self._room:  # past max_link_buffer: see _overload
+                self._overload()
+            else:
+                self._pending_frames += 1
+            return
+        if (self._armed and not wbuf and not self._streaming and not self._paused
                 and self.authenticated and size + _HEADER <= self._room):
             # A request or a reply on an idle, armed link (see below): written here, in one
             # piece, without the buffer and the three calls of _write_buffer/_write.
@@ -94,7 +102,7 @@ class FrameWriter:
             self._overload()
             return
         self._pending_frames += 1
-        if not self._flush_scheduled and self.authenticated:
+        if self.authenticated:  # (no flush is scheduled: see above)
             if self._armed and not self._streaming and not self._paused:
                 # A request or a reply on a link that is not streaming: out at once,
                 # with no flush to schedule (that cost each side a loop turn per call).
