@@ -354,7 +354,14 @@ class Distribution(Connecting, Backpressure):
 
     def frame_received(self, conn: Connection, frame: Any) -> None:
         try:
-            handler = self.handlers[frame[0]]
+            tag = frame[0]
+            if tag == "m":  # a message to one of our actors: _frames._on_msg, without its call (every send)
+                node = self.node
+                proc = node.procs.get((node.name, node.creation, frame[1]))
+                if proc is not None:
+                    proc.deliver(frame[2])
+                return
+            handler = self.handlers[tag]
         except (KeyError, TypeError, IndexError):
             log.warning("dropping a malformed frame from %s: %r", conn.peer.name, type(frame).__name__)
             return
