@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hermes.mesh")
 
 def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
+    # Distribution.frame_received does the same inline, without this call: the receiving
+    # half of every cross-node send. The entry reserves the tag and completes the table.
     node = dist.node
     proc = node.procs.get((node.name, node.creation, frame[1]))
     if proc is not None:

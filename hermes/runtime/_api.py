@@ -129,7 +129,9 @@ def send(dest: Any, msg: Any, *, _ident: Callable[[], int] = get_ident) -> None:
         proc = node_.procs.get(dest)
         if proc is not None:
             proc.deliver(msg)
-            return
+        elif dest[0] != node_.name and node_.dist is not None:  # and its remote case: a cross-node send
+            node_.dist.send(dest, msg)
+        return
     node_.send(dest, msg)
 
 

@@ -49,6 +49,7 @@ current: contextvars.ContextVar[Process | None] = contextvars.ContextVar("hermes
 
 RUNNING, EXITING, DEAD = 0, 1, 2
 BATCH = 128  # messages per drain turn: throughput vs. fairness between actors
+_ENVELOPES = frozenset({Call, Cast})  # routed by the actor's dispatch, not straight to handle_info
 _clock = time.perf_counter  # read twice per drain batch, for the stall warning
 
 
@@ -278,24 +279,27 @@ class ActorProcess(Process):
         started = _clock()  # once per batch, not per message: the stall warning costs ~nothing
         n = 0
         msg = None
-        while mailbox and n < BATCH:
-            msg = mailbox.popleft()
-            n += 1
-            try:
-                kind = type(msg)
-                if direct and kind is not Call and kind is not Cast:  # most messages: one call, not two
-                    actor.handle_info(msg)
-                    coro = None
-                else:
+        while mailbox and n < BATCH:  # rechecked only when a batch ran out: a handler sent to itself
+            for n in range(n + 1, min(n + len(mailbox), BATCH) + 1):  # a range: no test per message
+                msg = mailbox.popleft()
+                try:
+                    if direct and type(msg) not in _ENVELOPES:  # most messages: one call, not two
+                        actor.handle_info(msg)
+                        if self.state:  # not RUNNING (0): the handler stopped its own actor
+                            break
+                        continue  # no coroutine to look for: the next message at once
                     coro = dispatch(actor, msg)
-            except BaseException as exc:  # even SystemExit: a handler must not stop the node
-                self.crashed(exc, _where(msg))
-                return
-            if coro is not None:  # an async handler: run it, resume draining after
-                self.task = self.node.loop.create_task(self._await(coro, msg), context=self.task_context())
-                break
-            if self.state != RUNNING:  # the handler stopped its own actor
-                break
+                except BaseException as exc:  # even SystemExit: a handler must not stop the node
+                    self.crashed(exc, _where(msg))
+                    return
+                if coro is not None:  # an async handler: run it, resume draining after
+                    self.task = self.node.loop.create_task(self._await(coro, msg), context=self.task_context())
+                    break
+                if self.state != RUNNING:  # the handler stopped its own actor
+                    break
+            else:
+                continue  # the range ran out: what arrived meanwhile joins the batch, up to BATCH
+            break  # the inner loop stopped the batch
         else:
             if mailbox:
                 self.node.loop.call_soon(self.drain, context=self.node.drain_ctx)

@@ -127,7 +127,8 @@ class FrameReader:
                 if size > max_frame:
                     self._oversized(size)
                     break
-                end = pos + _HEADER_SIZE + size
+                start = pos + _HEADER_SIZE
+                end = start + size
                 if end > available:
                     break
                 if size:
@@ -136,7 +137,7 @@ class FrameReader:
                     # KeyboardInterrupt or GeneratorExit, and no peer's bytes may stop the node.
                     # (The node's own shutdown never comes through a frame: it is node.stop.)
                     try:
-                        obj = loads(view[pos + _HEADER_SIZE : end])
+                        obj = loads(view[start:end])
                     except BaseException as exc:  # any unpickling failure: drop the frame, keep the link
                         self._drop_undecodable(exc)
                     else:
