@@ -281,7 +281,12 @@ class ActorProcess(Process):
         msg = None
         while mailbox and n < BATCH:  # rechecked only when a batch ran out: a handler sent to itself
             for n in range(n + 1, min(n + len(mailbox), BATCH) + 1):  # a range: no test per message
-                msg = mailbox.popleft()
+                try:  # free unless it raises: still no test per message
+                    msg = mailbox.popleft()
+                except IndexError:  # a handler took a queued message back (demonitor's flush): none left
+                    n -= 1
+                    self.scheduled = False
+                    break
                 try:
                     if direct and type(msg) not in _ENVELOPES:  # most messages: one call, not two
                         actor.handle_info(msg)
