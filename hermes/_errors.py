@@ -26,6 +26,7 @@ class SerializationError(HermesError, TypeError):
 
     def __init__(self, type_name: str, detail: str = "") -> None:
         self.type_name = type_name
+        self.detail = detail
         message = f"cannot serialize a value of type {type_name!r}"
         super().__init__(f"{message}: {detail}" if detail else message)
 

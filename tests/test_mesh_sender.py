@@ -66,6 +66,19 @@ def write_too_big(key: str, peer: str) -> tuple[str, int, int]:
     return raised, before, conn.statistics().bytes_out
 
 
+def send_too_big(pid: Any, peer: str) -> tuple[str, int, int]:
+    """``hermes.send`` of a message over max_frame to a remote pid: the error names its type."""
+    conn = _dist().conns[peer]
+    before = conn.statistics().bytes_out
+    try:
+        hermes.send(pid, b"x" * (MAX_FRAME + 1))
+    except SerializationError as exc:
+        raised = str(exc)
+    else:
+        raised = "nothing"
+    return raised, before, conn.statistics().bytes_out
+
+
 @pytest.mark.timeout(120)
 def test_a_sender_writes_to_the_nodes_connected_when_bound_and_links_says_when_it_is_stale() -> None:
     with hermes.LocalCluster(["senda", "sendb"], max_frame=MAX_FRAME) as c:
@@ -78,6 +91,8 @@ def test_a_sender_writes_to_the_nodes_connected_when_bound_and_links_says_when_i
 
         raised, before, after = c.rpc(a, write_too_big, "old", b)
         assert raised == "SerializationError" and after == before  # nothing written
+        raised, before, after = c.rpc(a, send_too_big, box, b)
+        assert "type 'bytes'" in raised and "max_frame" in raised and after == before  # the message's own type
 
         first = c.rpc(a, links)
         c.kill("sendb")

@@ -401,8 +401,9 @@ def _raise_own_error(value: Any, frame_error: SerializationError) -> NoReturn:
         dumps(value)
     except SerializationError as own:
         error = own
-    else:
-        error = frame_error
+    else:  # the value pickles: the frame was too big, and the error still names the value's type
+        error = SerializationError(type(value).__qualname__, frame_error.detail)
+        error.__cause__ = frame_error.__cause__
     raise error from error.__cause__
 
 
