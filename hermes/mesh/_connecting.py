@@ -127,7 +127,7 @@ class Connecting:
             arrival = self.arrivals[name] = self.node.loop.create_future()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(arrival), timeout)
-        if self.arrivals.get(name) is arrival and not arrival.done():
+        if not arrival.done() and self.arrivals.get(name) is arrival:
             del self.arrivals[name]  # nobody is waiting for it now: a later ``connect_soon`` waits anew
         return name in self.conns
 
