@@ -19,7 +19,6 @@ before any node receives it.
 """
 from __future__ import annotations
 
-import weakref
 from pickle import dumps as _pickle_dumps
 from typing import Any, Callable
 
@@ -56,7 +55,7 @@ class PGServer(Adapter):
         self.delivery = self.registry.delivery
         if self.dist is not None:  # our frame: one handler for the node's PGServers
             self.dist.register_frame("f", _forward_handler(instances()))
-            _watch_links(self.dist, instances())
+            lowlevel.layer_state("pubsub.links", lambda: _watch_links(self.dist, instances()))
 
     def remote_nodes(self) -> tuple[str, ...]:
         """The other nodes with a member in our group.
@@ -92,15 +91,18 @@ class PGServer(Adapter):
             except Exception:  # the error, or cloudpickle's success, is dumps's: below
                 payload = _FAILED
             if NAMES_A_GLOBAL in payload:  # so is _FAILED: the rare case, one test
-                payload = self._pickled(("f", self.wire_name, topic, msg, exclude), payload, msg)
+                payload = self._pickled(("f", self.wire_name, topic, msg, exclude), msg, payload)
             try:
                 send(payload)
             except SerializationError:  # over max_frame: the sender checks before it writes anything
                 raise self._too_big(payload, msg) from None
 
-    def _pickled(self, frame: tuple[Any, ...], plain: bytes, msg: Any) -> bytes:
-        """``transport.dumps(frame)`` given ``plain``, its plain pickle (``_FAILED``: that raised)."""
+    def _pickled(self, frame: tuple[Any, ...], msg: Any, plain: bytes | None = None) -> bytes:
+        """``transport.dumps(frame)``, or its rest given ``plain``, the frame's plain
+        pickle (``_FAILED``: that raised); an error names the message's own type."""
         try:
+            if plain is None:
+                return dumps(frame)
             return dumps_rest(None if plain is _FAILED else plain, frame)
         except SerializationError:
             dumps(msg)  # raise naming the message's own type, not our tuple's
@@ -122,11 +124,7 @@ class PGServer(Adapter):
     def _frame(self, topic: Any, msg: Any, exclude: Pid | None) -> bytes:
         """The one pickled frame of a publish, checked before any node gets it:
         an unpicklable or oversized message raises here (``publish`` checked the topic)."""
-        try:
-            payload = dumps(("f", self.wire_name, topic, msg, exclude))
-        except SerializationError:
-            dumps(msg)  # raise naming the message's own type, not our tuple's
-            raise
+        payload = self._pickled(("f", self.wire_name, topic, msg, exclude), msg)
         if len(payload) > self.max_frame:
             raise self._too_big(payload, msg)
         return payload
@@ -153,17 +151,12 @@ class _Offline:
         return None
 
 
-_LINKS_WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()  # the meshes ``_watch_links`` listens to
-
-
-def _watch_links(dist: Any, servers: dict[str, Any]) -> None:
-    """Once per mesh: when a connection comes or goes (the mesh's ``links``
-    moves, then it tells its node up/down listeners), every PGServer's sender
-    is stale, even if pg's generation did not move (a link may come before pg
-    knows of a member there). Told, not tested on every publish."""
-    if dist in _LINKS_WATCHED:
-        return
-    _LINKS_WATCHED.add(dist)
+def _watch_links(dist: Any, servers: dict[str, Any]) -> Callable[..., None]:
+    """Once per node (its pubsub layer state): when a connection comes or goes
+    (the mesh's ``links`` moves, then it tells its node up/down listeners),
+    every PGServer's sender is stale, even if pg's generation did not move (a
+    link may come before pg knows of a member there). Told, not tested on every
+    publish."""
 
     def stale(*_: Any) -> None:
         for server in servers.values():
@@ -172,6 +165,7 @@ def _watch_links(dist: Any, servers: dict[str, Any]) -> None:
 
     dist.on_node_up(stale)
     dist.on_node_down(stale)
+    return stale
 
 
 def _forward_handler(servers: dict[str, Any]) -> Callable[[Any, Any, tuple[Any, ...]], None]:
