@@ -39,13 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hermes.mesh")
 
-def _on_msg(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
-    # Distribution.frame_received does the same inline, without this call: the receiving
-    # half of every cross-node send. The entry reserves the tag and completes the table.
-    node = dist.node
-    proc = node.procs.get((node.name, node.creation, frame[1]))
-    if proc is not None:
-        proc.deliver(frame[2])
+# ``(MSG, pid_id, msg)``, a message to one of our actors, is the one frame not in
+# HANDLERS: Distribution.frame_received delivers it itself, without a table lookup
+# and a handler call (the receiving half of every cross-node send).
+MSG = "m"
 
 
 def _on_call(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> None:
@@ -174,7 +171,7 @@ def _on_peers(dist: Distribution, conn: Connection, frame: tuple[Any, ...]) -> N
 
 
 HANDLERS: dict[str, Callable[[Distribution, Connection, tuple[Any, ...]], None]] = {
-    "m": _on_msg, "c": _on_call, "cn": _on_call_name, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "exit": _on_exit,
+    "c": _on_call, "cn": _on_call_name, "r": _on_reply, "x": _on_reply_error, "send_name": _on_send_name, "exit": _on_exit,
     "link_exit": _on_link_exit, "link": _on_link, "unlink": _on_unlink, "monitor": _on_monitor,
     "demonitor": _on_demonitor, "down": _on_down, "spawn": _on_spawn, "rpc": _on_rpc, "peers": _on_peers,
     "bye": _on_bye,

@@ -40,7 +40,7 @@ from ..transport import (Connection, PeerInfo, aligned_delay, client_context, du
                          start_listener)
 from ._backpressure import Backpressure
 from ._connecting import Connecting
-from ._frames import HANDLERS, unsendable_reply
+from ._frames import HANDLERS, MSG, unsendable_reply
 
 log = logging.getLogger("hermes.mesh")
 
@@ -135,7 +135,7 @@ class Distribution(Connecting, Backpressure):
     def register_frame(self, tag: str, handler: Callable[[Distribution, Connection, tuple[Any, ...]], None]) -> None:
         """Handle arriving frames ``(tag, ...)`` with ``handler(dist, conn, frame)``.
         A layer's tags must not clash with the runtime's (``_frames.HANDLERS``)."""
-        if tag in HANDLERS:
+        if tag in HANDLERS or tag == MSG:
             raise ValueError(f"frame tag {tag!r} belongs to the runtime")
         self.handlers[tag] = handler
 
@@ -217,7 +217,7 @@ class Distribution(Connecting, Backpressure):
         if conn.peer.creation != pid[1]:
             return  # an old incarnation's pid: dead
         try:  # pickled here, not by conn.send: one call less on the cross-node send's path
-            conn.send_payload(dumps(("m", pid[2], msg)))  # ids only: a Pid pickles ~7x slower than an int
+            conn.send_payload(dumps((MSG, pid[2], msg)))  # ids only: a Pid pickles ~7x slower than an int
             return
         except SerializationError as exc:
             frame_error = exc
@@ -361,7 +361,7 @@ class Distribution(Connecting, Backpressure):
     def frame_received(self, conn: Connection, frame: Any) -> None:
         try:
             tag = frame[0]
-            if tag == "m":  # a message to one of our actors: _frames._on_msg, without its call (every send)
+            if tag == MSG:  # a message to one of our actors (every cross-node send): see _frames.MSG
                 node = self.node
                 proc = node.procs.get((node.name, node.creation, frame[1]))
                 if proc is not None:
