@@ -105,3 +105,24 @@ def test_a_sender_writes_to_the_nodes_connected_when_bound_and_links_says_when_i
         assert c.rpc(a, bind, "new", [b]) is True
         c.rpc(a, write, "new", box, "two")
         poll(lambda: c.rpc(b, box_got, box) == ["two"])  # "stale" never came, though it went first
+
+
+def register_tags() -> dict[str, str]:
+    """On a node: what ``register_frame`` says to the runtime's tags and to a new one."""
+    said = {}
+    for tag in ("m", "c", "test.new"):
+        try:
+            _dist().register_frame(tag, lambda dist, conn, frame: None)
+        except ValueError as exc:
+            said[tag] = str(exc)
+        else:
+            said[tag] = "registered"
+    return said
+
+
+@pytest.mark.timeout(60)
+def test_register_frame_refuses_the_runtimes_tags_the_message_frame_too() -> None:
+    with hermes.LocalCluster(["tagsa"]) as c:
+        said = c.rpc(c.nodes[0], register_tags)
+    assert said == {"m": "frame tag 'm' belongs to the runtime", "c": "frame tag 'c' belongs to the runtime",
+                    "test.new": "registered"}
